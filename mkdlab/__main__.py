@@ -1,0 +1,7 @@
+"""``python -m mkdlab``."""
+
+import sys
+
+from mkdlab.cli import main
+
+sys.exit(main())

@@ -1,0 +1,660 @@
+"""Training loggers: JSON-lines/CSV history, a compact console line, optional visdom plots.
+
+The trainer talks to every logger through the :class:`Logger` protocol::
+
+    loggers = make_loggers(run_dir, visdom=True, run_name="dtskd-resnet18")
+    for logger in loggers:
+        logger.log_step(step, {"loss": 1.23, "loss_kd": 0.4, "lr": 0.05})
+        logger.log_epoch(epoch, {"epochs": 30, "train_loss": 1.2, "test_top1": 71.2, ...})
+    for logger in loggers:
+        logger.close()
+
+Record keys understood by :class:`ConsoleLogger` (the first key present wins, missing ones are
+skipped): ``epochs`` (total, else ``total_epochs``), ``train_loss``/``loss``,
+``test_top1``/``val_top1``/``top1`` (else ``train_top1``), ``best_top1``/``best``, ``lr``,
+``images_per_s``/``img_per_s``/``throughput``. :class:`VisdomLogger` plots every numeric key
+except ``epoch``, ``epochs``, ``step`` and ``best_epoch``: ``<split>_<curve>`` with split in
+train/test/val/best and curve in loss/top1/top5 is trace ``<split>`` of window ``<curve>`` (so
+``train_top1``, ``test_top1`` and ``best_top1`` share the ``top1`` window), other
+``train_*``/``test_*``/``val_*`` keys (per-term losses such as ``train_kd``) are traces of the
+``loss terms`` window, and any other key (``lr``, ``images_per_s``, ...) gets its own window.
+
+Visdom is optional and never allowed to stall training: the server is probed with a hard
+deadline before the client is built, every HTTP request carries a timeout, and plots are sent by
+a daemon thread through a bounded queue that drops points when full. Any failure turns the
+visdom logger into a no-op after a single :class:`VisdomUnavailableWarning`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import io
+import json
+import logging
+import math
+import os
+import queue
+import socket
+import ssl
+import sys
+import threading
+import time
+import warnings
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from pathlib import Path
+from typing import IO, Any, Protocol, TypeVar, runtime_checkable
+from urllib.parse import urlsplit
+
+__all__ = [
+    "ConsoleLogger",
+    "JsonlLogger",
+    "Logger",
+    "VisdomLogger",
+    "VisdomUnavailableWarning",
+    "make_loggers",
+    "progress",
+]
+
+T = TypeVar("T")
+
+HISTORY_JSONL = "history.jsonl"
+HISTORY_CSV = "history.csv"
+STEPS_JSONL = "steps.jsonl"
+
+_SPLITS = frozenset({"train", "test", "val"})
+_CURVES = frozenset({"loss", "top1", "top5"})
+_NOT_PLOTTED = frozenset({"epoch", "epochs", "step", "best_epoch"})
+_LOOPBACK = frozenset({"127.0.0.1", "localhost", "::1"})
+
+
+@runtime_checkable
+class Logger(Protocol):
+    """What the trainer calls on every logger."""
+
+    def log_step(self, step: int, metrics: Mapping[str, float]) -> None:
+        """Record per-step metrics (loss terms, lr) every N optimiser steps."""
+
+    def log_epoch(self, epoch: int, record: Mapping[str, float | int | str]) -> None:
+        """Record one history row at the end of an epoch."""
+
+    def close(self) -> None:
+        """Flush and release resources; further calls may be ignored."""
+
+
+def _json_default(value: Any) -> Any:
+    """Serialise numpy / torch scalars (anything with ``.item()``); fall back to ``str``."""
+    item = getattr(value, "item", None)
+    if callable(item):
+        with contextlib.suppress(Exception):
+            return item()
+    return str(value)
+
+
+def _dumps(row: Mapping[str, Any]) -> str:
+    return json.dumps(dict(row), default=_json_default, separators=(",", ":"))
+
+
+def _read_jsonl(path: Path) -> tuple[list[dict[str, Any]], bool]:
+    """Read the JSON objects of ``path``; the flag tells whether the file needs repairing.
+
+    A file needs repairing when a line does not parse (typically the last one, cut by a crash
+    mid-write) or when it does not end with a newline, which would glue the next append to it.
+    """
+    if not path.exists():
+        return [], False
+    text = path.read_text(encoding="utf-8")
+    rows: list[dict[str, Any]] = []
+    damaged = bool(text) and not text.endswith("\n")
+    for line in text.splitlines():
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:
+            damaged = True
+            continue
+        if isinstance(row, dict):
+            rows.append(row)
+        else:
+            damaged = True
+    return rows, damaged
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "w", encoding="utf-8", newline="") as fh:
+        fh.write(text)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+
+
+def _csv_cell(value: Any) -> Any:
+    """Scalars as they are, ``None`` as an empty cell, lists/dicts as JSON."""
+    if value is None:
+        return ""
+    if isinstance(value, str | int | float):
+        return value
+    return json.dumps(value, default=_json_default)
+
+
+def _as_int(value: Any) -> int | None:
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        return None
+
+
+class JsonlLogger:
+    """Append-only run history on disk.
+
+    * ``history.jsonl``: one JSON object per epoch (``{"epoch": e, **record}``), flushed at once;
+    * ``history.csv``: rewritten after each epoch, columns are the union of all keys in order of
+      first appearance (``epoch`` first);
+    * ``steps.jsonl``: one JSON object per :meth:`log_step` call (``{"step": s, **metrics}``).
+
+    Opening an existing run directory (resume) appends; only :meth:`truncate_after_epoch`
+    removes history rows. Step numbers only grow within a run, so logging a step that is not
+    greater than the last one in ``steps.jsonl`` (a run resumed from an older checkpoint re-logs
+    steps) first drops the stale rows with ``step >=`` that step.
+    """
+
+    def __init__(self, run_dir: Path) -> None:
+        self.run_dir = Path(run_dir)
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        self.history_path = self.run_dir / HISTORY_JSONL
+        self.csv_path = self.run_dir / HISTORY_CSV
+        self.steps_path = self.run_dir / STEPS_JSONL
+        self._rows, damaged = _read_jsonl(self.history_path)
+        if damaged:
+            self._rewrite(self.history_path, self._rows)
+        steps, damaged = _read_jsonl(self.steps_path)
+        if damaged:
+            self._rewrite(self.steps_path, steps)
+        self._last_step = max((s for s in (_as_int(row.get("step")) for row in steps) if s is not None),
+                              default=None)
+        self._history_fh: IO[str] | None = None
+        self._steps_fh: IO[str] | None = None
+
+    @property
+    def rows(self) -> list[dict[str, Any]]:
+        """A copy of the epoch rows written so far (including those of earlier sessions)."""
+        return [dict(row) for row in self._rows]
+
+    @staticmethod
+    def _rewrite(path: Path, rows: Iterable[Mapping[str, Any]]) -> None:
+        _write_atomic(path, "".join(_dumps(row) + "\n" for row in rows))
+
+    def _append(self, which: str, row: Mapping[str, Any]) -> None:
+        fh = getattr(self, which)
+        if fh is None:
+            path = self.history_path if which == "_history_fh" else self.steps_path
+            fh = open(path, "a", encoding="utf-8")
+            setattr(self, which, fh)
+        fh.write(_dumps(row) + "\n")
+        fh.flush()
+
+    def log_step(self, step: int, metrics: Mapping[str, float]) -> None:
+        """Append ``{"step": step, **metrics}`` to ``steps.jsonl`` (dropping stale rows, see above)."""
+        step = int(step)
+        if self._last_step is not None and step <= self._last_step:
+            self._drop_steps(lambda row: (_as_int(row.get("step")) or 0) < step)
+        self._append("_steps_fh", {"step": step, **{k: v for k, v in metrics.items() if k != "step"}})
+        self._last_step = step
+
+    def _drop_steps(self, keep: Callable[[Mapping[str, Any]], bool]) -> None:
+        """Rewrite ``steps.jsonl`` with the rows ``keep`` accepts."""
+        if self._steps_fh is not None:
+            self._steps_fh.close()
+            self._steps_fh = None
+        steps, _ = _read_jsonl(self.steps_path)
+        kept = [row for row in steps if keep(row)]
+        if len(kept) != len(steps):
+            self._rewrite(self.steps_path, kept)
+        self._last_step = max((s for s in (_as_int(row.get("step")) for row in kept) if s is not None),
+                              default=None)
+
+    def log_epoch(self, epoch: int, record: Mapping[str, float | int | str]) -> None:
+        """Append ``{"epoch": epoch, **record}`` to ``history.jsonl`` and rewrite ``history.csv``."""
+        row: dict[str, Any] = {"epoch": int(epoch), **{k: v for k, v in record.items() if k != "epoch"}}
+        self._append("_history_fh", row)
+        self._rows.append(json.loads(_dumps(row)))
+        self.write_csv()
+
+    def columns(self) -> list[str]:
+        """Union of the keys of all rows, ``epoch`` first, then in order of first appearance."""
+        seen: dict[str, None] = {"epoch": None}
+        for row in self._rows:
+            seen.update(dict.fromkeys(row))
+        return list(seen)
+
+    def write_csv(self) -> None:
+        """Rewrite ``history.csv`` from the in-memory rows."""
+        buf = io.StringIO()
+        writer = csv.DictWriter(buf, fieldnames=self.columns(), restval="", lineterminator="\n")
+        writer.writeheader()
+        for row in self._rows:
+            writer.writerow({k: _csv_cell(v) for k, v in row.items()})
+        _write_atomic(self.csv_path, buf.getvalue())
+
+    def truncate_after_epoch(self, epoch: int, *, after_step: int | None = None) -> int:
+        """Drop history rows with ``epoch > epoch`` (resuming from an older checkpoint).
+
+        Step rows are dropped too when they carry an ``epoch`` key greater than ``epoch`` or,
+        if ``after_step`` is given, a ``step`` greater than ``after_step``.
+        Returns the number of history rows removed.
+        """
+        self._close_files()
+        kept = [row for row in self._rows if (_as_int(row.get("epoch")) or 0) <= epoch]
+        removed = len(self._rows) - len(kept)
+        if removed:
+            self._rewrite(self.history_path, kept)
+        self._rows = kept
+        self.write_csv()
+
+        def keep_step(row: Mapping[str, Any]) -> bool:
+            row_epoch = _as_int(row.get("epoch"))
+            row_step = _as_int(row.get("step"))
+            if row_epoch is not None and row_epoch > epoch:
+                return False
+            return not (after_step is not None and row_step is not None and row_step > after_step)
+
+        self._drop_steps(keep_step)
+        return removed
+
+    def _close_files(self) -> None:
+        for name in ("_history_fh", "_steps_fh"):
+            fh = getattr(self, name)
+            if fh is not None:
+                fh.close()
+                setattr(self, name, None)
+
+    def close(self) -> None:
+        """Close the open files (a later write reopens them in append mode)."""
+        self._close_files()
+
+
+def _first(record: Mapping[str, Any], *keys: str) -> Any:
+    for key in keys:
+        value = record.get(key)
+        if value is not None and value != "":
+            return value
+    return None
+
+
+def _fmt(value: Any, spec: str) -> str:
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return format(value, spec)
+    return str(value)
+
+
+class ConsoleLogger:
+    """One compact line per epoch, e.g.
+    ``epoch 3/30  loss 1.234  top1 71.2  best 71.9  lr 0.05  312 img/s``; nothing per step.
+
+    ``stream=None`` means the current ``sys.stderr``. ``every`` prints only epochs divisible by
+    it (plus the first and the last one when the total is known from ``record["epochs"]`` or
+    ``total_epochs``).
+    """
+
+    def __init__(
+        self,
+        stream: IO[str] | None = None,
+        every: int = 1,
+        *,
+        total_epochs: int | None = None,
+        prefix: str = "",
+    ) -> None:
+        self.stream = stream
+        self.every = max(1, int(every))
+        self.total_epochs = total_epochs
+        self.prefix = prefix
+
+    def log_step(self, step: int, metrics: Mapping[str, float]) -> None:
+        """Ignored: the console only gets epoch lines (use :func:`progress` for a bar)."""
+
+    def format_epoch(self, epoch: int, record: Mapping[str, Any]) -> str:
+        """The line printed for ``record``."""
+        total = _first(record, "epochs", "total_epochs") or self.total_epochs
+        parts = [f"epoch {epoch}/{total}" if total else f"epoch {epoch}"]
+        top1 = ("top1", ("test_top1", "val_top1", "top1"), ".1f")
+        if _first(record, *top1[1]) is None:
+            top1 = ("train top1", ("train_top1",), ".1f")
+        fields = (
+            ("loss", ("train_loss", "loss"), ".3f"),
+            top1,
+            ("best", ("best_top1", "best"), ".1f"),
+            ("lr", ("lr",), ".3g"),
+        )
+        for label, keys, spec in fields:
+            value = _first(record, *keys)
+            if value is not None:
+                parts.append(f"{label} {_fmt(value, spec)}")
+        speed = _first(record, "images_per_s", "img_per_s", "throughput")
+        if speed is not None:
+            parts.append(f"{_fmt(speed, '.0f')} img/s")
+        line = "  ".join(parts)
+        return f"[{self.prefix}] {line}" if self.prefix else line
+
+    def log_epoch(self, epoch: int, record: Mapping[str, float | int | str]) -> None:
+        """Print the epoch line if ``epoch`` is due."""
+        total = _as_int(_first(record, "epochs", "total_epochs") or self.total_epochs)
+        if self.every > 1 and epoch % self.every and epoch != 1 and epoch != total:
+            return
+        stream = self.stream if self.stream is not None else sys.stderr
+        print(self.format_epoch(epoch, record), file=stream, flush=True)
+
+    def close(self) -> None:
+        """Nothing to release."""
+
+
+class VisdomUnavailableWarning(RuntimeWarning):
+    """Visdom cannot be used; training goes on with the file logger."""
+
+
+def _split_server(server: str, port: int) -> tuple[str, str, int]:
+    """``("http", host, port)`` from a server URL that may carry its own port."""
+    parts = urlsplit(server if "://" in server else f"http://{server}")
+    return parts.scheme or "http", parts.hostname or "127.0.0.1", parts.port or port
+
+
+def probe_http(host: str, port: int, timeout: float, *, tls: bool = False) -> None:
+    """Raise ``OSError`` unless an HTTP server at ``host:port`` answers ``GET /`` within ``timeout``.
+
+    The whole exchange (connect, TLS handshake if ``tls``, send, read of the status line) shares
+    one deadline, so a port that accepts connections but never answers costs at most ``timeout``
+    seconds.
+    """
+    deadline = time.monotonic() + timeout
+
+    def remaining() -> float:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            raise TimeoutError(f"no HTTP answer within {timeout:g} s")
+        return left
+
+    with contextlib.ExitStack() as stack:
+        sock = stack.enter_context(socket.create_connection((host, port), timeout=remaining()))
+        sock.settimeout(remaining())
+        if tls:
+            sock = stack.enter_context(ssl.create_default_context().wrap_socket(sock, server_hostname=host))
+        sock.sendall(f"GET / HTTP/1.0\r\nHost: {host}:{port}\r\nConnection: close\r\n\r\n".encode())
+        head = b""
+        while b"\r\n" not in head and len(head) < 4096:
+            sock.settimeout(remaining())
+            chunk = sock.recv(1024)
+            if not chunk:
+                break
+            head += chunk
+    if not head.startswith(b"HTTP/"):
+        raise ConnectionError("the server did not answer with HTTP")
+
+
+class _DropVisdomChatter(logging.Filter):
+    """Silence visdom's own set-up warnings (new session, no incoming socket)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.levelno >= logging.ERROR
+
+
+def _make_client(
+    server: str, port: int, env: str, timeout: float, bypass_proxy: bool
+) -> Any:
+    """Build a ``visdom.Visdom`` whose every request is bounded by ``timeout``."""
+    import requests
+    import visdom
+
+    class _BoundedVisdom(visdom.Visdom):  # type: ignore[misc]
+        """``visdom.Visdom`` with a timeout on each request and no silent error swallowing."""
+
+        def __init__(self, **kwargs: Any) -> None:
+            self._request_timeout = timeout
+            self._bounded_session: requests.Session | None = None
+            super().__init__(**kwargs)
+
+        @property
+        def session(self) -> requests.Session:
+            if self._bounded_session is None:
+                sess = requests.Session()
+                if bypass_proxy:
+                    sess.trust_env = False
+                self._bounded_session = sess
+            return self._bounded_session
+
+        def _handle_post(self, url: str, data: Any = None) -> str:
+            reply = self.session.post(url, data={} if data is None else data, timeout=self._request_timeout)
+            reply.raise_for_status()
+            return reply.text
+
+        def win_exists(self, win: str, env: str | None = None) -> bool | None:
+            answer = self._win_exists_wrap(win, env)
+            return {"true": True, "false": False}.get(answer)
+
+    vis_logger = logging.getLogger("visdom")
+    quiet = _DropVisdomChatter()
+    vis_logger.addFilter(quiet)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)
+            client = _BoundedVisdom(
+                server=server,
+                port=port,
+                env=env,
+                raise_exceptions=True,
+                use_incoming_socket=False,
+            )
+            check = getattr(client, "check_connection", None)
+            if check is not None and not check(timeout_seconds=0):
+                raise ConnectionError("the server does not look like a visdom server")
+    finally:
+        vis_logger.removeFilter(quiet)
+    return client
+
+
+_STOP = object()
+
+
+class VisdomLogger:
+    """Live line plots in a visdom server; a no-op when the server cannot be used.
+
+    Windows (ids prefixed by ``run_name`` when given): per epoch, one window per metric, with
+    ``train``/``test``/``val`` traces for prefixed keys (``loss``, ``top1``, ...) and ``lr``;
+    per step, ``step/lr`` for ``lr`` and ``step/loss`` with one trace per other key (loss terms).
+    See the module docstring for the epoch grouping.
+
+    The constructor probes the server (at most ``timeout`` s; visdom is imported only if it
+    answers). Points are queued (``queue_size``, dropped when full) and sent by a daemon thread
+    whose requests each time out after ``timeout`` s; :meth:`close` waits at most
+    ``flush_timeout`` s for the queue to drain.
+    """
+
+    def __init__(
+        self,
+        server: str = "http://127.0.0.1",
+        port: int = 8097,
+        env: str = "mkdlab",
+        timeout: float = 1.0,
+        run_name: str = "",
+        *,
+        queue_size: int = 1024,
+        flush_timeout: float = 10.0,
+    ) -> None:
+        scheme, host, port = _split_server(server, port)
+        self.url = f"{scheme}://{host}:{port}"
+        self.env = env
+        self.run_name = run_name
+        self.timeout = float(timeout)
+        self.flush_timeout = float(flush_timeout)
+        self.enabled = False
+        self.dropped = 0
+        self._warned = False
+        self._lock = threading.Lock()
+        self._queue: queue.Queue[Any] = queue.Queue(maxsize=max(1, queue_size))
+        self._thread: threading.Thread | None = None
+        self._vis: Any = None
+        try:
+            probe_http(host, port, self.timeout, tls=scheme == "https")
+            self._vis = _make_client(f"{scheme}://{host}", port, env, self.timeout, host in _LOOPBACK)
+        except ImportError as exc:
+            self._disable(f"the visdom package cannot be imported ({exc})", unreachable=False)
+            return
+        except Exception as exc:
+            self._disable(f"{type(exc).__name__}: {exc}")
+            return
+        self.enabled = True
+        self._thread = threading.Thread(target=self._worker, name="mkdlab-visdom", daemon=True)
+        self._thread.start()
+
+    def _disable(self, reason: str, *, unreachable: bool = True) -> None:
+        """Turn every later call into a no-op, warning once."""
+        with self._lock:
+            self.enabled = False
+            if self._warned:
+                return
+            self._warned = True
+        what = f"visdom is unreachable at {self.url}" if unreachable else "visdom is unavailable"
+        warnings.warn(
+            f"{what} ({reason}); training continues with the file logger only. "
+            f"Start a local server with `python -m mkdlab.engine.visdom_server --port "
+            f"{urlsplit(self.url).port}`.",
+            VisdomUnavailableWarning,
+            stacklevel=3,
+        )
+
+    def _window(self, name: str) -> str:
+        return f"{self.run_name}/{name}" if self.run_name else name
+
+    def _enqueue(self, x: float, xlabel: str, groups: dict[str, dict[str, float]]) -> None:
+        if not self.enabled or not groups:
+            return
+        try:
+            self._queue.put_nowait((x, xlabel, groups))
+        except queue.Full:
+            self.dropped += 1
+
+    @staticmethod
+    def _numeric(metrics: Mapping[str, Any]) -> Iterator[tuple[str, float]]:
+        for key, value in metrics.items():
+            if key in _NOT_PLOTTED or isinstance(value, bool | str) or value is None:
+                continue
+            try:
+                number = float(value)
+            except (TypeError, ValueError):
+                continue
+            if math.isfinite(number):
+                yield key, number
+
+    def log_step(self, step: int, metrics: Mapping[str, float]) -> None:
+        """Queue step metrics: ``lr`` goes to ``step/lr``, the loss terms share ``step/loss``."""
+        groups: dict[str, dict[str, float]] = {}
+        for key, value in self._numeric(metrics):
+            window = "step/lr" if key == "lr" else "step/loss"
+            groups.setdefault(window, {})[key] = value
+        self._enqueue(float(step), "step", groups)
+
+    def log_epoch(self, epoch: int, record: Mapping[str, float | int | str]) -> None:
+        """Queue epoch metrics, grouped into windows as described in the module docstring."""
+        groups: dict[str, dict[str, float]] = {}
+        for key, value in self._numeric(record):
+            split, _, metric = key.partition("_")
+            if metric in _CURVES and (split in _SPLITS or split == "best"):
+                groups.setdefault(metric, {})[split] = value
+            elif split in _SPLITS and metric:
+                groups.setdefault("loss terms", {})[key] = value
+            else:
+                groups.setdefault(key, {})[key] = value
+        self._enqueue(float(epoch), "epoch", groups)
+
+    def _send(self, x: float, xlabel: str, groups: dict[str, dict[str, float]]) -> None:
+        import numpy as np
+
+        for name, traces in groups.items():
+            title = f"{name} ({self.run_name})" if self.run_name else name
+            opts = {"title": title, "xlabel": xlabel, "ylabel": name, "showlegend": True}
+            for trace, value in traces.items():
+                self._vis.line(
+                    Y=np.array([value]),
+                    X=np.array([x]),
+                    win=self._window(name),
+                    env=self.env,
+                    name=trace,
+                    update="append",
+                    opts=dict(opts),
+                )
+
+    def _worker(self) -> None:
+        while True:
+            item = self._queue.get()
+            try:
+                if item is _STOP:
+                    return
+                if self.enabled:
+                    try:
+                        self._send(*item)
+                    except Exception as exc:
+                        self._disable(f"sending failed: {type(exc).__name__}: {exc}")
+            finally:
+                self._queue.task_done()
+
+    def close(self) -> None:
+        """Send what is queued (waiting at most ``flush_timeout`` s), then stop the sender."""
+        thread, self._thread = self._thread, None
+        if thread is None:
+            return
+        try:
+            self._queue.put(_STOP, timeout=self.flush_timeout)
+        except queue.Full:
+            self.enabled = False
+            return
+        thread.join(self.flush_timeout)
+        self.enabled = False
+
+
+def _ci() -> bool:
+    value = os.environ.get("CI", "")
+    return value.strip().lower() not in ("", "0", "false", "no")
+
+
+def progress(
+    iterable: Iterable[T], *, total: int | None, desc: str, enabled: bool | None = None
+) -> Iterable[T]:
+    """A ``tqdm`` bar over ``iterable`` on stderr.
+
+    With ``enabled=None`` the bar is shown only on an interactive terminal
+    (``sys.stderr.isatty()``) and when the ``CI`` environment variable is unset (or ``0``/
+    ``false``); ``enabled=True``/``False`` force it. The returned object is always a ``tqdm``
+    instance, so ``set_postfix`` and friends work (as no-ops) when disabled.
+    """
+    from tqdm import tqdm
+
+    if enabled is None:
+        isatty = getattr(sys.stderr, "isatty", None)
+        enabled = bool(isatty and isatty()) and not _ci()
+    return tqdm(iterable, total=total, desc=desc, disable=not enabled, leave=False, dynamic_ncols=True)
+
+
+def make_loggers(
+    run_dir: Path,
+    *,
+    console: bool = True,
+    visdom: bool | str = False,
+    visdom_port: int = 8097,
+    run_name: str = "",
+    total_epochs: int | None = None,
+) -> list[Logger]:
+    """The loggers of one run: :class:`JsonlLogger`, then :class:`ConsoleLogger` and
+    :class:`VisdomLogger` if asked.
+
+    ``visdom`` is ``True`` for ``http://127.0.0.1:visdom_port`` or a server URL (a port in the
+    URL wins over ``visdom_port``). An unreachable server or a missing visdom package gives one
+    warning and a visdom logger that does nothing. ``total_epochs`` is shown by the console
+    line (``epoch 3/30``) when records carry no ``epochs`` key.
+    """
+    loggers: list[Logger] = [JsonlLogger(Path(run_dir))]
+    if console:
+        loggers.append(ConsoleLogger(total_epochs=total_epochs, prefix=run_name))
+    if visdom:
+        server = visdom if isinstance(visdom, str) else "http://127.0.0.1"
+        loggers.append(VisdomLogger(server=server, port=visdom_port, run_name=run_name))
+    return loggers

@@ -1,0 +1,39 @@
+"""Evaluate a finished run's best student or a pool teacher on a test set (``python -m mkdlab eval``)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import yaml
+
+from mkdlab.config import load_config
+from mkdlab.data import dataset_info, make_loaders
+from mkdlab.engine.checkpoint import load_safely, load_state_strict
+from mkdlab.engine.trainer import BEST_STUDENT, evaluate_model, resolve_device
+from mkdlab.models import create
+from mkdlab.teachers import TeacherPool
+
+
+def evaluate_run(run_dir: Path, device: str = "auto") -> dict[str, float]:
+    """Test metrics of ``run_dir/best_student.pt`` with the run's own ``config.yaml``."""
+    config_path = run_dir / "config.yaml"
+    if not config_path.exists():
+        raise FileNotFoundError(f"{config_path} not found: is {run_dir} a run directory written by mkdlab train?")
+    config = load_config(yaml.safe_load(config_path.read_text()))
+    info = dataset_info(config.data.dataset)
+    student = create(config.student, num_classes=info.num_classes, in_channels=info.in_channels)
+    load_state_strict(student, load_safely(run_dir / BEST_STUDENT), run_dir / BEST_STUDENT)
+    return _evaluate(student, config.data.dataset, device, config.data.root)
+
+
+def evaluate_teacher(name: str, dataset: str | None = None, device: str = "auto") -> dict[str, float]:
+    """Test metrics of the pool teacher ``name`` (on its own dataset unless another is given)."""
+    pool = TeacherPool()
+    teacher = pool.load(name)
+    return _evaluate(teacher, dataset or pool.entries()[name].dataset, device)
+
+
+def _evaluate(model, dataset: str, device: str, root: str | None = None) -> dict[str, float]:
+    target = resolve_device(device)
+    _, test_loader = make_loaders(dataset, 256, device=target, root=root)
+    return evaluate_model(model.to(target), test_loader, target)
