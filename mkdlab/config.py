@@ -44,6 +44,8 @@ class TeachersConfig:
     arch: str | list[str] = "resnet20"
     seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
     epochs: int = 30
+    #: cap each teacher's training at this many steps (smoke runs); recorded in the pool entry's name.
+    max_steps: int | None = None
     lr: float = 0.05
     #: explicit teacher-pool entry names (e.g. imported checkpoints); when given, ``arch``/``seeds`` are unused.
     entries: list[str] = field(default_factory=list)

@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 
+import torch
 import yaml
+from torch import Tensor, nn
 
 from mkdlab.config import load_config
 from mkdlab.data import dataset_info, make_loaders
 from mkdlab.engine.checkpoint import load_safely, load_state_strict
 from mkdlab.engine.trainer import BEST_STUDENT, evaluate_model, resolve_device
+from mkdlab.methods.base import Batch
 from mkdlab.models import create
 from mkdlab.teachers import TeacherPool
 
@@ -33,7 +37,19 @@ def evaluate_teacher(name: str, dataset: str | None = None, device: str = "auto"
     return _evaluate(teacher, dataset or pool.entries()[name].dataset, device)
 
 
-def _evaluate(model, dataset: str, device: str, root: str | None = None) -> dict[str, float]:
+def _evaluate(model: nn.Module, dataset: str, device: str, root: str | None = None) -> dict[str, float]:
     target = resolve_device(device)
     _, test_loader = make_loaders(dataset, 256, device=target, root=root)
     return evaluate_model(model.to(target), test_loader, target)
+
+
+@torch.no_grad()
+def ensemble_accuracy(models: Sequence[nn.Module], loader: Iterable[Sequence[Tensor]], device: torch.device) -> float:
+    """Top-1 accuracy (%) of the ensemble that averages the models' softmax outputs."""
+    correct, count = 0, 0
+    for item in loader:
+        batch = Batch.from_loader(item, device)
+        probabilities = torch.stack([m.to(device).eval()(batch.images).softmax(dim=1) for m in models]).mean(0)
+        correct += int((probabilities.argmax(dim=1) == batch.labels).sum())
+        count += batch.labels.shape[0]
+    return 100.0 * correct / count

@@ -41,8 +41,8 @@ def teacher_config(config: ExperimentConfig, arch: str, seed: int) -> Experiment
     """The CE-only experiment that trains one pool teacher for ``config``'s dataset."""
     assert config.teachers is not None
     train = dataclasses.replace(config.train, epochs=config.teachers.epochs, lr=config.teachers.lr, seed=seed,
-                                max_steps=None)
-    name = entry_name(arch, config.data.dataset, seed, config.teachers.epochs)
+                                max_steps=config.teachers.max_steps)
+    name = entry_name(arch, config.data.dataset, seed, config.teachers.epochs, config.teachers.max_steps)
     return dataclasses.replace(config, name=f"teachers/{name}", student=arch, teachers=None,
                                method=MethodConfig("ce"), train=train)
 
@@ -64,7 +64,7 @@ def load_teachers(config: ExperimentConfig, pool: TeacherPool | None = None, *, 
     info = dataset_info(config.data.dataset)
     return [
         pool.get_or_train(arch, config.data.dataset, seed, config.teachers.epochs, train, device,
-                          num_classes=info.num_classes, in_channels=info.in_channels)
+                          max_steps=config.teachers.max_steps, num_classes=info.num_classes, in_channels=info.in_channels)
         for arch, seed in zip(config.teachers.architectures(), config.teachers.seeds, strict=True)
     ]
 
@@ -89,7 +89,8 @@ def _fit(config: ExperimentConfig, teachers: Sequence[nn.Module], *, verbose: bo
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "config.yaml").write_text(dump_config(config))
     loggers = make_loggers(run_dir, console=verbose, visdom=config.output.visdom,
-                           visdom_port=config.output.visdom_port, run_name=config.name)
+                           visdom_port=config.output.visdom_port, run_name=config.name,
+                           total_epochs=config.train.epochs)
     trainer = Trainer(method, train_loader, test_loader, config.train, run_dir=run_dir, loggers=loggers,
                       experiment=to_dict(config), record_extras=record_extras,
                       progress=progress if verbose else None)

@@ -54,9 +54,9 @@ def default_home() -> Path:
     return Path(os.environ.get("MKDLAB_HOME") or Path.home() / ".cache" / "mkdlab")
 
 
-def entry_name(arch: str, dataset: str, seed: int, epochs: int) -> str:
-    """The pool name of a trained teacher, e.g. ``resnet20-fashion_mnist_mini-s0-e30``."""
-    return f"{arch}-{dataset}-s{seed}-e{epochs}"
+def entry_name(arch: str, dataset: str, seed: int, epochs: int, max_steps: int | None = None) -> str:
+    """The pool name of a trained teacher, e.g. ``resnet20-fashion_mnist_mini-s0-e30`` (``-m20``: a 20-step cap)."""
+    return f"{arch}-{dataset}-s{seed}-e{epochs}" + (f"-m{max_steps}" if max_steps is not None else "")
 
 
 def sha256_of(path: Path) -> str:
@@ -151,12 +151,13 @@ class TeacherPool:
 
     def get_or_train(self, arch: str, dataset: str, seed: int, epochs: int,
                      train: Callable[[str, str, int, int], tuple[nn.Module, float]],
-                     device: str | torch.device = "cpu", **model_kwargs: Any) -> nn.Module:
+                     device: str | torch.device = "cpu", max_steps: int | None = None,
+                     **model_kwargs: Any) -> nn.Module:
         """Load the teacher (arch, dataset, seed, epochs) if present; else call ``train`` and store the result.
 
         ``train(arch, dataset, seed, epochs)`` returns ``(model, test_top1)``.
         """
-        name = entry_name(arch, dataset, seed, epochs)
+        name = entry_name(arch, dataset, seed, epochs, max_steps)
         if name not in self:
             model, top1 = train(arch, dataset, seed, epochs)
             self.add(name, model, arch=arch, dataset=dataset, seed=seed, epochs=epochs, top1=top1,

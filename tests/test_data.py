@@ -366,14 +366,16 @@ def mini_subset(n: int = 300, train: bool = True) -> tuple[torch.Tensor, torch.T
     return images[:n], labels[:n]
 
 
-def mini_loader(n: int = 300, batch_size: int = 64, **kwargs: object) -> DeviceLoader:
+def mini_loader(n: int = 300, batch_size: int = 64, *, train: bool = True, **options: object) -> DeviceLoader:
+    """A loader over the first ``n`` mini images, yielding indices unless told otherwise."""
     info = dataset_info("fashion_mnist_mini")
-    images, labels = mini_subset(n, train=kwargs.get("train", True))  # type: ignore[arg-type]
-    options: dict = dict(train=True, mean=info.mean, std=info.std, with_index=True) | kwargs
-    return DeviceLoader(images, labels, batch_size, **options)
+    images, labels = mini_subset(n, train=train)
+    kwargs: dict = {"mean": info.mean, "std": info.std, "with_index": True, **options}
+    return DeviceLoader(images, labels, batch_size, train=train, **kwargs)
 
 
 def batches(loader: DeviceLoader) -> list[tuple[torch.Tensor, ...]]:
+    """One epoch of ``loader``, on the CPU."""
     return [tuple(t.cpu() for t in batch) for batch in loader]
 
 
@@ -388,7 +390,7 @@ def test_device_loader_shapes_and_labels() -> None:
         assert torch.equal(y, labels[idx])
         seen.append(idx)
     assert sorted(torch.cat(seen).tolist()) == list(range(300))
-    assert len(mini_loader(with_index=False).__iter__().__next__()) == 2
+    assert len(next(iter(mini_loader(with_index=False)))) == 2
 
 
 def test_device_loader_drop_last() -> None:
@@ -396,6 +398,12 @@ def test_device_loader_drop_last() -> None:
     assert (len(kept), len(dropped)) == (5, 4)
     assert [len(b[0]) for b in kept] == [64, 64, 64, 64, 44]
     assert [len(b[0]) for b in dropped] == [64] * 4
+
+
+def x_at(loader: DeviceLoader, i: int) -> torch.Tensor:
+    """Image ``i`` of an in-order loader."""
+    x = batches(loader)[i // loader.batch_size][0]
+    return x[i % loader.batch_size]
 
 
 def test_test_loader_is_in_order_and_unaugmented() -> None:
@@ -413,12 +421,6 @@ def test_test_loader_is_in_order_and_unaugmented() -> None:
     assert torch.cat(served).tolist() == list(range(192))
     for i in (0, 63, 130):
         assert torch.allclose(x_at(loader, i), reference[i][0], atol=1e-6)
-
-
-def x_at(loader: DeviceLoader, i: int) -> torch.Tensor:
-    """Image ``i`` of an in-order loader."""
-    x = batches(loader)[i // loader.batch_size][0]
-    return x[i % loader.batch_size]
 
 
 def test_seed_and_epoch_determinism() -> None:

@@ -118,11 +118,13 @@ class DatasetNotFoundError(FileNotFoundError):
 
 
 class _Place(NamedTuple):
-    """One place searched: what it is, where (``None`` when unset) and a note for the error message."""
+    """One place searched: what it is, where (``None`` when unset), a note for the error message, and whether
+    it may be created to receive prepared or downloaded files."""
 
     label: str
     path: Path | None
     note: str = ""
+    creatable: bool = True
 
 
 def torchvision_class(name: str) -> type[tv_datasets.VisionDataset]:
@@ -167,7 +169,8 @@ def _data_places(root: str | os.PathLike[str] | None) -> list[_Place]:
     if repo is None:
         places.append(_Place("repository data/ folder", None, "mkdlab is not running from a source checkout"))
     else:
-        places.append(_Place("repository data/ folder", repo, "" if repo.is_dir() else "does not exist"))
+        note = "" if repo.is_dir() else "does not exist"
+        places.append(_Place("repository data/ folder", repo, note, creatable=False))
     places.append(_Place("user cache folder", cache, "" if cache.is_dir() else "does not exist"))
     return places
 
@@ -178,7 +181,7 @@ def _writable_folder(places: list[_Place]) -> Path | None:
     The repository ``data/`` folder is used only when it exists; the others are created as needed.
     """
     for place in places:
-        if place.path is None or (place.label == "repository data/ folder" and not place.path.is_dir()):
+        if place.path is None or (not place.creatable and not place.path.is_dir()):
             continue
         try:
             place.path.mkdir(parents=True, exist_ok=True)

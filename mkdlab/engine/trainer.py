@@ -204,7 +204,7 @@ class Trainer:
                     self._end_epoch()
         for logger in self.loggers:
             logger.close()
-        last = self.history[-1]["test_top1"] if self.history else float("nan")
+        last = self.history[-1].get("test_top1", float("nan")) if self.history else float("nan")
         return FitResult(last, self.best_top1, self.best_epoch, list(self.history), time.perf_counter() - start)
 
     def _batches(self) -> Iterator[Sequence[Tensor]]:

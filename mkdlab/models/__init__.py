@@ -14,6 +14,7 @@ each family's module docstring). Module names equal RepDistiller's, so its check
 # isort: off
 # importing the family modules registers their models; this order is the zoo order of available_models()
 from mkdlab.models import resnet, wrn, vgg, mobilenetv2, shufflenet, resnet18  # noqa: F401
+
 # isort: on
 from mkdlab.models.common import ZooModel
 from mkdlab.models.external import load_external_checkpoint

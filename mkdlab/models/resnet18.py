@@ -29,9 +29,7 @@ class BasicBlock(PreactBlock):
         self.bn1 = nn.BatchNorm2d(planes)
         self.conv2 = nn.Conv2d(planes, planes, kernel_size=3, stride=1, padding=1, bias=False)
         self.bn2 = nn.BatchNorm2d(planes)
-        self.shortcut = (
-            projection(in_planes, planes, stride) if stride != 1 or in_planes != planes else nn.Sequential()
-        )
+        self.shortcut = projection(in_planes, planes, stride) if stride != 1 or in_planes != planes else nn.Sequential()
 
     def forward_preact(self, x: Tensor) -> tuple[Tensor, Tensor]:
         out = F.relu(self.bn1(self.conv1(x)))

@@ -42,9 +42,7 @@ def count_flops(model: nn.Module, input_shape: Sequence[int] = (1, 3, 32, 32)) -
 
 
 @torch.no_grad()
-def zoo_table(
-    names: Sequence[str] | None = None, num_classes: int = 100, in_channels: int = 3
-) -> list[dict[str, Any]]:
+def zoo_table(names: Sequence[str] | None = None, num_classes: int = 100, in_channels: int = 3) -> list[dict[str, Any]]:
     """One row per model (default: every registered model) on a 32×32 input.
 
     Keys: ``name``, ``params``, ``macs``, ``mmacs`` (millions), and the C×H×W shapes ``pre_pool``, ``hint``

@@ -1,0 +1,88 @@
+"""The command line, run as a user runs it (``python -m mkdlab ...`` in a subprocess)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from mkdlab.models import create
+
+TINY = ["train.epochs=1", "train.max_steps=3", "data.batch_size=16"]
+
+
+def mkdlab(*args: str, home: Path, cwd: Path, check: bool = True) -> subprocess.CompletedProcess:
+    env = {**os.environ, "MKDLAB_HOME": str(home), "CI": "1"}
+    result = subprocess.run([sys.executable, "-m", "mkdlab", *args], cwd=cwd, env=env, capture_output=True,
+                            text=True, timeout=300)
+    if check and result.returncode != 0:
+        raise AssertionError(f"mkdlab {' '.join(args)} failed ({result.returncode}):\n{result.stderr}")
+    return result
+
+
+@pytest.fixture
+def home(tmp_path):
+    return tmp_path / "home"
+
+
+def test_train_then_eval_then_resume(tmp_path, home):
+    out = mkdlab("train", "ce", *TINY, "output.dir=runs", home=home, cwd=tmp_path)
+    assert "last top-1" in out.stdout
+    run = tmp_path / "runs" / "ce-resnet8"
+    assert (run / "last.pt").exists() and (run / "best_student.pt").exists()
+    assert (run / "history.jsonl").exists() and (run / "history.csv").exists() and (run / "config.yaml").exists()
+    metrics = json.loads(mkdlab("eval", "--run", str(run), home=home, cwd=tmp_path).stdout)
+    assert 0 <= metrics["test_top1"] <= 100 and metrics["test_top5"] >= metrics["test_top1"]
+    again = mkdlab("train", "ce", *TINY, "output.dir=runs", "--resume", home=home, cwd=tmp_path)
+    assert "last top-1" in again.stdout
+    assert len((run / "history.jsonl").read_text().splitlines()) == 1  # a finished run is not re-trained
+
+
+def test_bad_config_is_a_clear_error_not_a_traceback(tmp_path, home):
+    result = mkdlab("train", "ce", "train.lr_rate=0.1", home=home, cwd=tmp_path, check=False)
+    assert result.returncode == 2
+    assert "train.lr_rate: unknown key" in result.stderr and "Traceback" not in result.stderr
+    result = mkdlab("train", "ce", "student=resnet9", home=home, cwd=tmp_path, check=False)
+    assert result.returncode == 2 and "choose one of" in result.stderr
+
+
+def test_missing_dataset_is_a_clear_error(tmp_path, home):
+    env_data = tmp_path / "empty"
+    env_data.mkdir()
+    result = subprocess.run(
+        [sys.executable, "-m", "mkdlab", "train", "ce", "data.dataset=cifar100", *TINY],
+        cwd=tmp_path, env={**os.environ, "MKDLAB_HOME": str(home), "MKDLAB_DATA": str(env_data)},
+        capture_output=True, text=True, timeout=300)
+    assert result.returncode == 2 and "cifar-100-python" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_teachers_train_list_import(tmp_path, home):
+    mkdlab("teachers", "train", "--arch", "resnet8", "--seeds", "0", "--epochs", "1", "--batch-size", "256",
+           "--out", "runs", home=home, cwd=tmp_path)
+    listing = mkdlab("teachers", "list", "--json", home=home, cwd=tmp_path)
+    rows = json.loads(listing.stdout)
+    assert [row["name"] for row in rows] == ["resnet8-fashion_mnist_mini-s0-e1"]
+    assert 0 < rows[0]["top1"] <= 100
+    torch.manual_seed(0)
+    path = tmp_path / "resnet8_cifar.pth"
+    torch.save({"model": create("resnet8").state_dict(), "epoch": 240}, path)
+    mkdlab("teachers", "import", str(path), "--arch", "resnet8", "--name", "r8", home=home, cwd=tmp_path)
+    names = [row["name"] for row in json.loads(mkdlab("teachers", "list", "--json", home=home, cwd=tmp_path).stdout)]
+    assert names == ["r8", "resnet8-fashion_mnist_mini-s0-e1"]
+
+
+def test_presets_are_listed(tmp_path, home):
+    assert "demo" in mkdlab("presets", home=home, cwd=tmp_path).stdout.split()
+
+
+def test_demo_on_a_tiny_budget(tmp_path, home):
+    result = mkdlab("demo", "--profile", "smoke", "--out", "runs/demo", "--figures", "figs", "data.batch_size=16",
+                    home=home, cwd=tmp_path)
+    for needle in ("teacher", "ensemble", "CE only", "KD (best teacher)", "AVER-KD (3 teachers)"):
+        assert needle in result.stdout
+    assert (tmp_path / "figs" / "demo_accuracy.png").stat().st_size > 10_000

@@ -1,0 +1,97 @@
+"""The teacher pool: manifest, hash verification, load-if-present-else-train, external import."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from mkdlab.models import create
+from mkdlab.teachers import TeacherPool, TeacherPoolError, entry_name
+
+
+@pytest.fixture
+def pool(tmp_path):
+    return TeacherPool(tmp_path / "home")
+
+
+def add_resnet8(pool: TeacherPool, name: str = "t0", seed: int = 0):
+    torch.manual_seed(seed)
+    model = create("resnet8", num_classes=10, in_channels=1)
+    entry = pool.add(name, model, arch="resnet8", dataset="fashion_mnist_mini", num_classes=10, in_channels=1,
+                     seed=seed, epochs=3, top1=81.5)
+    return model, entry
+
+
+def test_add_writes_a_manifest_entry_with_the_file_hash(pool):
+    model, entry = add_resnet8(pool)
+    rows = json.loads(pool.manifest_path.read_text())
+    assert [row["name"] for row in rows] == ["t0"]
+    assert rows[0]["sha256"] == entry.sha256 and len(entry.sha256) == 64
+    assert rows[0]["arch"] == "resnet8" and rows[0]["seed"] == 0 and rows[0]["epochs"] == 3
+    assert rows[0]["top1"] == 81.5 and rows[0]["dataset"] == "fashion_mnist_mini"
+    loaded = pool.load("t0")
+    assert not loaded.training and not any(p.requires_grad for p in loaded.parameters())
+    x = torch.randn(2, 1, 32, 32)
+    model.eval()
+    assert torch.equal(loaded(x), model(x))
+
+
+def test_a_modified_file_fails_the_hash_check(pool):
+    add_resnet8(pool)
+    path = pool.root / "t0.pt"
+    data = bytearray(path.read_bytes())
+    data[-10] ^= 0xFF
+    path.write_bytes(bytes(data))
+    with pytest.raises(TeacherPoolError, match="sha256.*changed or is corrupt"):
+        pool.load("t0")
+
+
+def test_unknown_teacher_says_how_to_get_one(pool):
+    with pytest.raises(TeacherPoolError, match="teachers train"):
+        pool.load("nope")
+
+
+def test_get_or_train_trains_once_then_loads(pool):
+    calls = []
+
+    def train(arch, dataset, seed, epochs):
+        calls.append(seed)
+        torch.manual_seed(seed)
+        return create(arch, num_classes=10, in_channels=1), 50.0 + seed
+
+    first = pool.get_or_train("resnet8", "fashion_mnist_mini", 1, 2, train, num_classes=10, in_channels=1)
+    second = pool.get_or_train("resnet8", "fashion_mnist_mini", 1, 2, train, num_classes=10, in_channels=1)
+    assert calls == [1]
+    name = entry_name("resnet8", "fashion_mnist_mini", 1, 2)
+    assert pool.entries()[name].top1 == 51.0
+    for a, b in zip(first.state_dict().values(), second.state_dict().values(), strict=True):
+        assert torch.equal(a, b)
+
+
+def test_list_is_sorted_and_survives_several_adds(pool):
+    add_resnet8(pool, "b", 1)
+    add_resnet8(pool, "a", 2)
+    assert [e.name for e in pool.list()] == ["a", "b"]
+
+
+def test_import_external_repdistiller_checkpoint(pool, tmp_path):
+    torch.manual_seed(3)
+    source = create("resnet8", num_classes=100)
+    path = tmp_path / "ckpt_epoch_240.pth"
+    torch.save({"model": {f"module.{k}": v for k, v in source.state_dict().items()}, "epoch": 240,
+                "best_acc": torch.tensor(59.3)}, path)
+    entry = pool.import_external(path, arch="resnet8", dataset="cifar100", name="r8-imported")
+    assert entry.top1 == pytest.approx(59.3) and entry.epochs == 240 and entry.source.startswith("imported:")
+    loaded = pool.load("r8-imported")
+    source.eval()
+    x = torch.randn(2, 3, 32, 32)
+    assert torch.allclose(loaded(x), source(x))
+
+
+def test_a_corrupt_manifest_is_reported(pool):
+    add_resnet8(pool)
+    pool.manifest_path.write_text("{not json")
+    with pytest.raises(TeacherPoolError, match="not valid JSON"):
+        pool.list()
