@@ -43,13 +43,19 @@ def _evaluate(model: nn.Module, dataset: str, device: str, root: str | None = No
     return evaluate_model(model.to(target), test_loader, target)
 
 
-@torch.no_grad()
 def ensemble_accuracy(models: Sequence[nn.Module], loader: Iterable[Sequence[Tensor]], device: torch.device) -> float:
     """Top-1 accuracy (%) of the ensemble that averages the models' softmax outputs."""
-    correct, count = 0, 0
+    logits, labels = collect_logits(models, loader, device)
+    return 100.0 * float((logits.softmax(dim=2).mean(dim=0).argmax(dim=1) == labels).float().mean())
+
+
+@torch.no_grad()
+def collect_logits(models: Sequence[nn.Module], loader: Iterable[Sequence[Tensor]],
+                   device: torch.device) -> tuple[Tensor, Tensor]:
+    """Logits of every model on every sample of ``loader`` (K×N×C, on the CPU) and the labels (N,)."""
+    logits, labels = [], []
     for item in loader:
         batch = Batch.from_loader(item, device)
-        probabilities = torch.stack([m.to(device).eval()(batch.images).softmax(dim=1) for m in models]).mean(0)
-        correct += int((probabilities.argmax(dim=1) == batch.labels).sum())
-        count += batch.labels.shape[0]
-    return 100.0 * correct / count
+        logits.append(torch.stack([m.to(device).eval()(batch.images) for m in models]).float().cpu())
+        labels.append(batch.labels.cpu())
+    return torch.cat(logits, dim=1), torch.cat(labels)

@@ -43,7 +43,8 @@ def make_loaders(
     CUDA). With ``num_workers > 0`` the augmentation is reproducible too (worker seeds derive from that
     generator); with ``num_workers=0`` it uses the global torch RNG. ``"auto"`` is ``"device"`` on every
     device: even on a 2-core CPU it serves augmented Fashion-MNIST batches about 40x faster than the
-    ``DataLoader`` with 2 workers (``benchmarks/bench_loader.py``).
+    ``DataLoader`` with 2 workers (still 5x or more when other jobs share the cores; see
+    ``benchmarks/bench_loader.py``).
 
     ``drop_last`` applies to the training loader; the test loader always serves every sample, in order.
     ``num_workers`` (default :func:`default_num_workers`) is used by the ``"torch"`` loader only.
