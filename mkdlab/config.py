@@ -84,6 +84,7 @@ class TrainConfig:
     device: str = "auto"
     #: ``auto`` = bf16 autocast on CUDA, fp32 on CPU (bf16 is far slower on CPUs).
     amp: Literal["auto", "bf16", "fp16", "off"] = "auto"
+    #: ``auto`` = on: channels_last is faster on CUDA and, through oneDNN, on CPU as well.
     channels_last: Literal["auto", "on", "off"] = "auto"
     eval_every: int = 1
     #: also checkpoint every N steps inside an epoch (0 = only at epoch ends).
