@@ -34,7 +34,11 @@ PROFILE_OVERRIDES: dict[Profile, list[str]] = {
 }
 
 #: the student runs: label, method, teacher selection ("best" or "all").
-STUDENT_RUNS = (("CE only", "ce", None), ("KD (best teacher)", "kd", "best"), ("AVER-KD (3 teachers)", "aver_kd", "all"))
+STUDENT_RUNS = (
+    ("CE only", "ce", None),
+    ("KD (best teacher)", "kd", "best"),
+    ("AVER-KD (3 teachers)", "aver_kd", "all"),
+)
 
 
 @dataclass

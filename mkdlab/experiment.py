@@ -64,7 +64,8 @@ def load_teachers(config: ExperimentConfig, pool: TeacherPool | None = None, *, 
     info = dataset_info(config.data.dataset)
     return [
         pool.get_or_train(arch, config.data.dataset, seed, config.teachers.epochs, train, device,
-                          max_steps=config.teachers.max_steps, num_classes=info.num_classes, in_channels=info.in_channels)
+                          max_steps=config.teachers.max_steps, num_classes=info.num_classes,
+                          in_channels=info.in_channels)
         for arch, seed in zip(config.teachers.architectures(), config.teachers.seeds, strict=True)
     ]
 

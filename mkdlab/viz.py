@@ -48,7 +48,10 @@ def image_grid(images: torch.Tensor, labels: Sequence[int], class_names: Sequenc
         ax.axis("off")
     for ax, image, label in zip(axes.flat, images, labels, strict=False):
         picture = image.clamp(0, 1).permute(1, 2, 0).numpy()
-        ax.imshow(picture[..., 0] if picture.shape[-1] == 1 else picture, cmap="gray" if picture.shape[-1] == 1 else None)
+        if picture.shape[-1] == 1:
+            ax.imshow(picture[..., 0], cmap="gray")
+        else:
+            ax.imshow(picture)
         ax.set_title(class_names[int(label)], fontsize=8)
     fig.tight_layout()
     return fig

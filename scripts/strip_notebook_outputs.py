@@ -3,8 +3,8 @@
 Usage: ``python scripts/strip_notebook_outputs.py notebooks/*.ipynb`` (``--execute`` runs each notebook in the
 ``smoke`` profile first, to refresh the reference outputs of ``# NBVAL_CHECK_OUTPUT`` cells).
 
-Cells marked ``# NBVAL_CHECK_OUTPUT`` keep their text outputs: nbval compares them on every run. Every other output,
-image and execution count is removed (``tests/test_notebooks.py`` enforces this).
+Cells marked ``# NBVAL_CHECK_OUTPUT`` keep their text outputs and an execution count: nbval compares them on every
+run. Every other output, image and execution count is removed (``tests/test_notebooks.py`` enforces this).
 """
 
 from __future__ import annotations
@@ -27,17 +27,17 @@ def is_checked(cell: nbformat.NotebookNode) -> bool:
 
 
 def strip(notebook: nbformat.NotebookNode) -> nbformat.NotebookNode:
-    """Remove outputs and execution counts, keeping the text outputs of checked cells."""
-    for cell in notebook.cells:
-        if cell.cell_type != "code":
-            continue
-        cell.execution_count = None
+    """Remove outputs and execution counts, keeping the text outputs (and a count) of checked cells."""
+    code_cells = [cell for cell in notebook.cells if cell.cell_type == "code"]
+    for number, cell in enumerate(code_cells, start=1):
         cell.metadata.pop("execution", None)
+        # nbval treats a reference output without an execution count as an "unrun cell"
+        cell.execution_count = number if is_checked(cell) else None
         if is_checked(cell):
             kept = []
             for output in cell.outputs:
                 if output.output_type == "execute_result":
-                    output.execution_count = None
+                    output.execution_count = cell.execution_count
                     output.data = {k: v for k, v in output.data.items() if k == "text/plain"}
                 if output.output_type in TEXT_OUTPUTS:
                     kept.append(output)

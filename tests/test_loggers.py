@@ -18,16 +18,8 @@ from pathlib import Path
 
 import pytest
 
-from mkdlab.engine.loggers import (
-    ConsoleLogger,
-    JsonlLogger,
-    Logger,
-    VisdomLogger,
-    VisdomUnavailableWarning,
-    make_loggers,
-    probe_http,
-    progress,
-)
+from mkdlab.engine.loggers import ConsoleLogger, JsonlLogger, Logger, make_loggers, progress
+from mkdlab.engine.visdom_logger import VisdomLogger, VisdomUnavailableWarning, probe_http
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -66,6 +66,17 @@ class ZooModel(nn.Module):
         return feats
 
 
+def make_taps(penultimate: str, *, camkd: str | None = None, mmkd: str | None = None) -> dict[str, str]:
+    """The ``taps`` of a family whose RepDistiller ``feat[-2]`` is ``penultimate`` (CA-MKD/MMKD may differ)."""
+    return {
+        "hint": "stage2",
+        "penultimate": penultimate,
+        "penultimate_camkd": camkd or penultimate,
+        "penultimate_mmkd": mmkd or penultimate,
+        "last_map": "pre_pool",
+    }
+
+
 class PreactBlock(nn.Module):
     """A block whose output is ``relu(preact)``; ``forward_preact`` returns both (RepDistiller's ``is_last``)."""
 

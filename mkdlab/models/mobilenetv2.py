@@ -20,7 +20,7 @@ from __future__ import annotations
 
 from torch import Tensor, nn
 
-from mkdlab.models.common import ZooModel, init_repdistiller
+from mkdlab.models.common import ZooModel, init_repdistiller, make_taps
 from mkdlab.models.registry import register_model
 
 #: (channels c, repeats n, stride s) of the seven groups before width scaling, as in RepDistiller; the first group
@@ -66,13 +66,7 @@ class MobileNetV2(ZooModel):
 
     feat_names = ("stem", "stage1", "stage2", "stage3", "stage4", "pooled")
     stage_names = ("stage1", "stage2", "stage3", "stage4")
-    taps = {
-        "hint": "stage2",
-        "penultimate": "stage4",
-        "penultimate_camkd": "stage4",
-        "penultimate_mmkd": "pre_pool",
-        "last_map": "pre_pool",
-    }
+    taps = make_taps("stage4", mmkd="pre_pool")
 
     def __init__(self, T: int, width_mult: float, num_classes: int = 100, in_channels: int = 3) -> None:
         super().__init__()

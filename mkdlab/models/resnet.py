@@ -15,7 +15,7 @@ from __future__ import annotations
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from mkdlab.models.common import PreactBlock, ZooModel, init_repdistiller, projection, run_stage
+from mkdlab.models.common import PreactBlock, ZooModel, init_repdistiller, make_taps, projection, run_stage
 from mkdlab.models.registry import register_model
 
 
@@ -47,13 +47,7 @@ class ResNet(ZooModel):
 
     feat_names = ("stem", "stage1", "stage2", "stage3", "pooled")
     stage_names = ("stage1", "stage2", "stage3")
-    taps = {
-        "hint": "stage2",
-        "penultimate": "stage3",
-        "penultimate_camkd": "stage3",
-        "penultimate_mmkd": "stage3",
-        "last_map": "pre_pool",
-    }
+    taps = make_taps("stage3")
 
     def __init__(
         self, depth: int, num_filters: tuple[int, int, int, int], num_classes: int = 100, in_channels: int = 3

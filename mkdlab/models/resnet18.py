@@ -16,7 +16,7 @@ from __future__ import annotations
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from mkdlab.models.common import PreactBlock, ZooModel, projection, run_stage
+from mkdlab.models.common import PreactBlock, ZooModel, make_taps, projection, run_stage
 from mkdlab.models.registry import register_model
 
 
@@ -42,13 +42,7 @@ class ResNet18(ZooModel):
 
     feat_names = ("stem", "stage1", "stage2", "stage3", "stage4", "pooled")
     stage_names = ("stage1", "stage2", "stage3", "stage4")
-    taps = {
-        "hint": "stage2",
-        "penultimate": "stage4",
-        "penultimate_camkd": "stage4",
-        "penultimate_mmkd": "stage4",
-        "last_map": "pre_pool",
-    }
+    taps = make_taps("stage4")
     widths = (64, 128, 256, 512)
 
     def __init__(self, num_classes: int = 100, in_channels: int = 3, num_blocks: tuple[int, ...] = (2, 2, 2, 2)):

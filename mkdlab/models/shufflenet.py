@@ -28,7 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from mkdlab.models.common import PreactBlock, ZooModel, channel_shuffle, run_stage
+from mkdlab.models.common import PreactBlock, ZooModel, channel_shuffle, make_taps, run_stage
 from mkdlab.models.registry import register_model
 
 
@@ -67,13 +67,7 @@ class ShuffleNetV1(ZooModel):
 
     feat_names = ("stem", "stage1", "stage2", "stage3", "pooled")
     stage_names = ("stage1", "stage2", "stage3")
-    taps = {
-        "hint": "stage2",
-        "penultimate": "stage3",
-        "penultimate_camkd": "stage3",
-        "penultimate_mmkd": "stage3",
-        "last_map": "pre_pool",
-    }
+    taps = make_taps("stage3")
 
     def __init__(
         self,
@@ -162,13 +156,7 @@ class ShuffleNetV2(ZooModel):
 
     feat_names = ("stem", "stage1", "stage2", "stage3", "pooled")
     stage_names = ("stage1", "stage2", "stage3")
-    taps = {
-        "hint": "stage2",
-        "penultimate": "stage3",
-        "penultimate_camkd": "pre_pool",
-        "penultimate_mmkd": "pre_pool",
-        "last_map": "pre_pool",
-    }
+    taps = make_taps("stage3", camkd="pre_pool", mmkd="pre_pool")
 
     def __init__(
         self,

@@ -16,7 +16,7 @@ from __future__ import annotations
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from mkdlab.models.common import ZooModel, init_repdistiller
+from mkdlab.models.common import ZooModel, init_repdistiller, make_taps
 from mkdlab.models.registry import register_model
 
 CFGS: dict[str, list[list[int]]] = {
@@ -40,13 +40,7 @@ class VGG(ZooModel):
 
     feat_names = ("stem", "stage1", "stage2", "stage3", "stage4", "pooled")
     stage_names = ("stage1", "stage2", "stage3", "stage4")
-    taps = {
-        "hint": "stage2",
-        "penultimate": "stage4",
-        "penultimate_camkd": "stage4",
-        "penultimate_mmkd": "stage4",
-        "last_map": "pre_pool",
-    }
+    taps = make_taps("stage4")
 
     def __init__(self, cfg: list[list[int]], num_classes: int = 100, in_channels: int = 3) -> None:
         super().__init__()

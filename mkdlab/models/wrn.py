@@ -21,7 +21,7 @@ from __future__ import annotations
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from mkdlab.models.common import ZooModel, init_repdistiller
+from mkdlab.models.common import ZooModel, init_repdistiller, make_taps
 from mkdlab.models.registry import register_model
 
 
@@ -85,13 +85,7 @@ class WideResNet(ZooModel):
 
     feat_names = ("stem", "stage1", "stage2", "stage3", "pooled")
     stage_names = ("stage1", "stage2", "stage3")
-    taps = {
-        "hint": "stage2",
-        "penultimate": "stage3",
-        "penultimate_camkd": "stage3",
-        "penultimate_mmkd": "stage3",
-        "last_map": "pre_pool",
-    }
+    taps = make_taps("stage3")
 
     def __init__(
         self,
