@@ -1,7 +1,6 @@
 """Distillation methods, registered by name (``get_method("kd")``); each is a small module on
 :class:`~mkdlab.methods.base.Distiller`."""
 
-from mkdlab.methods import ce, kd  # noqa: F401  (registers the methods)
 from mkdlab.methods.base import Batch, Distiller, StepOutput
 from mkdlab.methods.registry import available_methods, get_method, register_method
 

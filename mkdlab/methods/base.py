@@ -158,10 +158,25 @@ class Distiller(nn.Module):
         """Logits of every teacher, stacked K×B×C, computed without autograd."""
         return self.ensemble.logits(images)
 
-    def teacher_features(self, images: Tensor, names: Sequence[str]) -> dict[str, Tensor]:
-        """Named maps of every teacher (each stacked K×B×…), computed without autograd."""
-        return self.ensemble.features(images, names)
+    def teacher_features(self, images: Tensor) -> list[dict[str, Tensor]]:
+        """Every named map of every teacher (``forward_features``: one dict per teacher), without autograd."""
+        return self.ensemble.features(images)
 
     def export_student(self) -> nn.Module:
         """The network to deploy (the student without adapters or teachers)."""
         return self.student
+
+
+@torch.no_grad()
+def probe_shapes(model: nn.Module, image_size: int = 32) -> dict[str, torch.Size]:
+    """Shapes of every named map of a zoo model for a batch of 2 images (to size adapters in ``__init__``).
+
+    The model runs once in eval mode on zeros; its mode is restored.
+    """
+    in_channels = next(m for m in model.modules() if isinstance(m, nn.Conv2d)).in_channels
+    device = next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    maps = model.forward_features(torch.zeros(2, in_channels, image_size, image_size, device=device))
+    model.train(was_training)
+    return {name: value.shape for name, value in maps.items()}

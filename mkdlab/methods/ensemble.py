@@ -61,43 +61,40 @@ class TeacherEnsemble:
         return self._stacked
 
     @torch.inference_mode()
-    def _run(self, images: Tensor, names: Sequence[str] | None) -> Tensor | dict[str, Tensor]:
+    def _run(self, images: Tensor, features: bool) -> Tensor | dict[str, Tensor] | list[dict[str, Tensor]]:
         if self.uses_vmap(images.device):
             params, buffers, base = self._stack(images.device)
-            view = _Outputs(base, names)
+            view = _Outputs(base, features)
 
             def one(p: dict[str, Tensor], b: dict[str, Tensor], x: Tensor) -> Tensor | dict[str, Tensor]:
                 return functional_call(view, (p, b), (x,))
 
             return vmap(one, in_dims=(0, 0, None))(params, buffers, images)
-        if names is None:
+        if not features:
             return torch.stack([t(images) for t in self.teachers])
-        maps = [t.forward_features(images) for t in self.teachers]
-        return {n: torch.stack([m[n] for m in maps]) for n in names}
+        return [t.forward_features(images) for t in self.teachers]
 
     def logits(self, images: Tensor) -> Tensor:
         """Teacher logits stacked K×B×C."""
-        out = self._run(images, None)
+        out = self._run(images, features=False)
         assert isinstance(out, Tensor)
         return out.clone()
 
-    def features(self, images: Tensor, names: Sequence[str]) -> dict[str, Tensor]:
-        """Named maps of every teacher, each stacked K×B×… (teachers must share the maps' shapes)."""
-        out = self._run(images, names)
-        assert isinstance(out, dict)
-        return {n: v.clone() for n, v in out.items()}
+    def features(self, images: Tensor) -> list[dict[str, Tensor]]:
+        """Every named map of every teacher (``forward_features``), one dict per teacher."""
+        out = self._run(images, features=True)
+        if isinstance(out, dict):  # the batched call stacks each map along a leading K dimension
+            return [{name: maps[k].clone() for name, maps in out.items()} for k in range(len(self.teachers))]
+        return [{name: value.clone() for name, value in maps.items()} for maps in out]
 
 
 class _Outputs(nn.Module):
-    """A model whose ``forward`` returns its logits, or the named maps of ``forward_features`` (for vmap)."""
+    """A model whose ``forward`` returns its logits, or all its named maps (for the vmapped call)."""
 
-    def __init__(self, model: nn.Module, names: Sequence[str] | None = None) -> None:
+    def __init__(self, model: nn.Module, features: bool = False) -> None:
         super().__init__()
         self.model = model
-        self.names = names
+        self.features = features
 
     def forward(self, x: Tensor) -> Tensor | dict[str, Tensor]:
-        if self.names is None:
-            return self.model(x)
-        maps = self.model.forward_features(x)
-        return {n: maps[n] for n in self.names}
+        return self.model.forward_features(x) if self.features else self.model(x)

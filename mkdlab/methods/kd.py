@@ -33,10 +33,14 @@ class KD(Distiller):
         p = self.params
         teacher_logits = self.teacher_logits(batch.images)[0]
         logits = self.student(batch.images)
-        return StepOutput(logits, {
-            "ce": p.ce_weight * F.cross_entropy(logits, batch.labels),
-            "kd": p.kd_weight * kd_loss(logits, teacher_logits, p.temperature),
-        })
+        return StepOutput(
+            logits,
+            {
+                "ce": p.ce_weight * F.cross_entropy(logits, batch.labels),
+                "kd": p.kd_weight * kd_loss(logits, teacher_logits, p.temperature),
+            },
+            {"teacher_weights": torch.ones(logits.shape[0], 1, device=logits.device)},
+        )
 
 
 @dataclass(frozen=True)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import importlib
+import pkgutil
 from typing import TYPE_CHECKING, TypeVar
 
 if TYPE_CHECKING:
@@ -40,4 +42,8 @@ def get_method(name: str) -> type[Distiller]:
 
 
 def _import_all() -> None:
-    import mkdlab.methods  # noqa: F401  (importing the package registers every method module)
+    """Import every module of :mod:`mkdlab.methods`: each registers its methods when imported."""
+    import mkdlab.methods
+
+    for module in pkgutil.iter_modules(mkdlab.methods.__path__):
+        importlib.import_module(f"mkdlab.methods.{module.name}")

@@ -1,0 +1,43 @@
+"""Batched (vmap) teacher evaluation computes what the plain loop computes."""
+
+from __future__ import annotations
+
+import torch
+
+from mkdlab.methods.ensemble import TeacherEnsemble, same_architecture
+from mkdlab.models import create
+
+
+def teachers(arch: str = "resnet8", count: int = 3):
+    torch.manual_seed(0)
+    return [create(arch, num_classes=10, in_channels=1).eval() for _ in range(count)]
+
+
+def test_vmap_equals_loop_for_logits_and_features():
+    models = teachers()
+    x = torch.randn(4, 1, 32, 32)
+    loop, batched = TeacherEnsemble(models, "loop"), TeacherEnsemble(models, "vmap")
+    assert batched.uses_vmap(x.device) and not loop.uses_vmap(x.device)
+    torch.testing.assert_close(batched.logits(x), loop.logits(x), rtol=1e-5, atol=1e-5)
+    for a, b in zip(loop.features(x), batched.features(x), strict=True):
+        assert a.keys() == b.keys()
+        for name in a:
+            torch.testing.assert_close(b[name], a[name], rtol=1e-5, atol=1e-5)
+
+
+def test_outputs_can_be_saved_for_backward():
+    """Teachers run under inference_mode; their outputs must still be usable as loss targets."""
+    models = teachers(count=2)
+    x = torch.randn(2, 1, 32, 32)
+    target = TeacherEnsemble(models).features(x)[0]["stage2"]
+    student_map = torch.randn_like(target, requires_grad=True)
+    torch.nn.functional.mse_loss(student_map, target).backward()
+    assert student_map.grad is not None
+
+
+def test_mixed_architectures_fall_back_to_the_loop():
+    models = teachers("resnet8", 1) + teachers("resnet20", 1)
+    assert not same_architecture(models)
+    ensemble = TeacherEnsemble(models, "vmap")
+    assert not ensemble.uses_vmap(torch.device("cpu"))
+    assert ensemble.logits(torch.randn(2, 1, 32, 32)).shape == (2, 2, 10)
