@@ -63,3 +63,69 @@ def save_figure(fig: Figure, path: str | Path, dpi: int = 120) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=dpi, bbox_inches="tight")
     return path
+
+
+def _teacher_names(count: int, names: Sequence[str] | None) -> list[str]:
+    return list(names) if names is not None else [f"teacher {k}" for k in range(count)]
+
+
+def plot_weight_distributions(weights: torch.Tensor, *, teacher_names: Sequence[str] | None = None,
+                              kind: str = "violin", ax: Axes | None = None, title: str = "Teacher weights") -> Axes:
+    """Distribution of each teacher's per-sample weight (N×K weights): violins (``kind="violin"``) or histograms."""
+    import pandas as pd
+    import seaborn as sns
+
+    weights = weights.detach().float().cpu()
+    names = _teacher_names(weights.shape[1], teacher_names)
+    frame = pd.DataFrame({"weight": weights.flatten().numpy(),
+                          "teacher": [names[k] for _ in range(weights.shape[0]) for k in range(weights.shape[1])]})
+    if ax is None:
+        _, ax = plt.subplots(figsize=(6, 3.5))
+    if kind == "violin":
+        sns.violinplot(data=frame, x="teacher", y="weight", hue="teacher", cut=0, inner="quartile", ax=ax)
+    elif kind == "hist":
+        sns.histplot(data=frame, x="weight", hue="teacher", element="step", stat="density", common_norm=False, ax=ax)
+    else:
+        raise ValueError(f"kind must be 'violin' or 'hist', not {kind!r}")
+    ax.set_title(title)
+    return ax
+
+
+def plot_class_weight_heatmap(weights: torch.Tensor, labels: torch.Tensor, class_names: Sequence[str], *,
+                              teacher_names: Sequence[str] | None = None, ax: Axes | None = None,
+                              title: str = "Mean teacher weight per class") -> Axes:
+    """Heat map of the mean weight of each teacher (rows) over the samples of each class (columns)."""
+    import seaborn as sns
+
+    weights, labels = weights.detach().float().cpu(), labels.detach().cpu()
+    means = torch.stack([weights[labels == c].mean(0) if (labels == c).any() else torch.full((weights.shape[1],),
+                                                                                             float("nan"))
+                         for c in range(len(class_names))], dim=1)
+    if ax is None:
+        _, ax = plt.subplots(figsize=(max(6, 0.7 * len(class_names)), 0.6 * weights.shape[1] + 1.5))
+    sns.heatmap(means.numpy(), annot=len(class_names) <= 20, fmt=".2f", cmap="magma", ax=ax,
+                xticklabels=list(class_names), yticklabels=_teacher_names(weights.shape[1], teacher_names))
+    ax.set_title(title)
+    return ax
+
+
+def plot_weight_vs_correctness(weights: torch.Tensor, teacher_correct: torch.Tensor, *,
+                               teacher_names: Sequence[str] | None = None, ax: Axes | None = None,
+                               title: str = "Weight when the teacher is right or wrong") -> Axes:
+    """Box plots of each teacher's weight, split by whether that teacher classified the sample correctly."""
+    import pandas as pd
+    import seaborn as sns
+
+    weights, correct = weights.detach().float().cpu(), teacher_correct.detach().bool().cpu()
+    names = _teacher_names(weights.shape[1], teacher_names)
+    frame = pd.DataFrame({
+        "weight": weights.flatten().numpy(),
+        "teacher": [names[k] for _ in range(weights.shape[0]) for k in range(weights.shape[1])],
+        "teacher is": ["right" if c else "wrong" for c in correct.flatten().tolist()],
+    })
+    if ax is None:
+        _, ax = plt.subplots(figsize=(6, 3.5))
+    sns.boxplot(data=frame, x="teacher", y="weight", hue="teacher is", hue_order=["right", "wrong"], ax=ax,
+                fliersize=1)
+    ax.set_title(title)
+    return ax

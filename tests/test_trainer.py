@@ -247,3 +247,18 @@ def test_teachers_stay_frozen_and_in_eval_mode():
     for k, v in teacher.state_dict().items():
         assert torch.equal(v, before[k]), k
     assert all(p.grad is None and not p.requires_grad for p in teacher.parameters())
+
+
+def test_recorded_extras_cover_every_training_sample(tmp_path):
+    from mkdlab.methods.kd import AverKD
+
+    train, test = loaders()
+    trainer = Trainer(AverKD(tiny_net(), [tiny_net(1), tiny_net(2)]), train, test, config(epochs=2), run_dir=tmp_path,
+                      record_extras=True)
+    result = trainer.fit()
+    assert len(result.extras) == 2
+    weights, labels = result.extras[0]["teacher_weights"], result.extras[0]["labels"]
+    assert weights.shape == (N, 2) and labels.shape == (N,)
+    torch.testing.assert_close(weights.sum(1), torch.ones(N))
+    saved = load_safely(tmp_path / "extras" / "epoch_002.pt")
+    assert torch.equal(saved["labels"], result.extras[1]["labels"])

@@ -63,6 +63,8 @@ class FitResult:
     best_epoch: int
     history: list[dict[str, Any]] = field(default_factory=list)
     wall_time_s: float = 0.0
+    #: per epoch, the method's extras of every step concatenated (with ``labels`` and ``indices``), when recorded.
+    extras: list[dict[str, Tensor]] = field(default_factory=list)
 
 
 def resolve_device(name: str = "auto") -> torch.device:
@@ -160,6 +162,7 @@ class Trainer:
         self.best_top1 = -1.0
         self.best_epoch = -1
         self.epoch_extras: list[dict[str, Tensor]] = []
+        self.extras_history: list[dict[str, Tensor]] = []
         self._stop_requested = False
 
     # -- configuration helpers ----------------------------------------------------------------------------------
@@ -204,7 +207,8 @@ class Trainer:
         for logger in self.loggers:
             logger.close()
         last = self.history[-1].get("test_top1", float("nan")) if self.history else float("nan")
-        return FitResult(last, self.best_top1, self.best_epoch, list(self.history), time.perf_counter() - start)
+        return FitResult(last, self.best_top1, self.best_epoch, list(self.history), time.perf_counter() - start,
+                         list(self.extras_history))
 
     def _batches(self) -> Iterator[Sequence[Tensor]]:
         if hasattr(self.train_loader, "set_epoch"):
@@ -298,6 +302,11 @@ class Trainer:
 
     def _end_epoch(self) -> None:
         self.method.on_epoch_end(self, self.epoch)
+        if self.epoch_extras:
+            extras = {name: torch.cat([row[name] for row in self.epoch_extras]) for name in self.epoch_extras[0]}
+            self.extras_history.append(extras)
+            if self.run_dir is not None:
+                save_atomic(extras, self.run_dir / "extras" / f"epoch_{self.epoch + 1:03d}.pt")
         elapsed = time.perf_counter() - self._epoch_started
         sums = self._epoch_sums
         steps = int(sums.pop("_steps"))

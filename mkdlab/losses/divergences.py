@@ -1,9 +1,10 @@
-"""Logit-matching losses: vanilla KD (Hinton et al., 2015)."""
+"""Logit-matching losses: vanilla KD (Hinton et al., 2015) and decoupled KD (Zhao et al., 2022)."""
 
 from __future__ import annotations
 
 from typing import Literal
 
+import torch
 import torch.nn.functional as F
 from torch import Tensor
 
@@ -52,3 +53,80 @@ def reduce(per_sample: Tensor, reduction: Reduction, classes: int = 1) -> Tensor
     if reduction == "mean":
         return per_sample.mean() / classes
     raise ValueError(f"unknown reduction {reduction!r}; choose batchmean, mean, sum or none")
+
+
+def dkd_terms(
+    student_logits: Tensor,
+    teacher_logits: Tensor,
+    target: Tensor,
+    temperature: float = 4.0,
+) -> tuple[Tensor, Tensor]:
+    r"""Per-sample target-class and non-target-class KD terms of decoupled KD (Zhao et al., CVPR 2022).
+
+    With :math:`p_T=\mathrm{softmax}(z/T)`, :math:`g_b` the one-hot mask of :math:`y_b` and
+    :math:`b_b=\big(p_{T,by_b},\,1-p_{T,by_b}\big)` (computed as masked sums of the full softmax, as mdistiller's
+    ``dkd_loss`` does):
+
+    .. math::
+        \mathrm{TCKD}_b = T^2\,\mathrm{KL}\big(b^t_b\,\|\,b^s_b\big),\qquad
+        \mathrm{NCKD}_b = T^2\,\mathrm{KL}\big(\hat p^{\,t}_b\,\|\,\hat p^{\,s}_b\big),\qquad
+        \hat p_b = \mathrm{softmax}\big(z_b/T - 1000\,g_b\big)
+
+    :math:`\log b^s` is the plain log (no clamp) and :math:`\hat p` pushes the target class out of the softmax,
+    which equals the renormalised distribution over the :math:`C-1` non-target classes up to rounding
+    (methods.md §4.4). Classical KD decomposes as
+    :math:`\mathrm{KD}_b=\mathrm{TCKD}_b+(1-p^t_{T,by_b})\,\mathrm{NCKD}_b` (methods.md §4.4, §7).
+
+    Args:
+        student_logits: B×C student logits.
+        teacher_logits: B×C teacher logits (constants: compute them without grad).
+        target: B class indices.
+        temperature: softening temperature T.
+
+    Returns:
+        ``(tckd, nckd)``, two vectors of shape (B,), each already multiplied by :math:`T^2`.
+    """
+    gt_mask = torch.zeros_like(student_logits).scatter_(1, target.long().unsqueeze(1), 1.0)
+    p_s = F.softmax(student_logits / temperature, dim=1)
+    p_t = F.softmax(teacher_logits / temperature, dim=1)
+    b_s = torch.stack([(p_s * gt_mask).sum(1), (p_s * (1.0 - gt_mask)).sum(1)], dim=1)
+    b_t = torch.stack([(p_t * gt_mask).sum(1), (p_t * (1.0 - gt_mask)).sum(1)], dim=1)
+    tckd = F.kl_div(torch.log(b_s), b_t, reduction="none").sum(1) * temperature**2
+    log_hat_s = F.log_softmax(student_logits / temperature - 1000.0 * gt_mask, dim=1)
+    hat_t = F.softmax(teacher_logits / temperature - 1000.0 * gt_mask, dim=1)
+    nckd = F.kl_div(log_hat_s, hat_t, reduction="none").sum(1) * temperature**2
+    return tckd, nckd
+
+
+def dkd_loss(
+    student_logits: Tensor,
+    teacher_logits: Tensor,
+    target: Tensor,
+    alpha: float = 1.0,
+    beta: float = 8.0,
+    temperature: float = 4.0,
+    reduction: Literal["batchmean", "sum", "none"] = "batchmean",
+) -> Tensor:
+    r"""Decoupled knowledge distillation :math:`\alpha\,\mathrm{TCKD}+\beta\,\mathrm{NCKD}` (Zhao et al., CVPR 2022).
+
+    .. math::
+        \ell_b = \alpha\,T^2\,\mathrm{KL}\big(b^t_b\,\|\,b^s_b\big)
+               + \beta\,T^2\,\mathrm{KL}\big(\hat p^{\,t}_b\,\|\,\hat p^{\,s}_b\big)
+
+    with the binary target/other distributions :math:`b` and the target-masked softmax :math:`\hat p` of
+    :func:`dkd_terms` (mdistiller ``dkd_loss``, methods.md §4.4). The warm-up factor
+    :math:`\min(e/W, 1)` of the DKD method is *not* included (the method applies it).
+
+    Args:
+        student_logits: B×C student logits.
+        teacher_logits: B×C teacher logits (constants: compute them without grad).
+        target: B class indices.
+        alpha: weight of TCKD.
+        beta: weight of NCKD (8 by default; mdistiller's per-pair overrides are listed in methods.md §4.4).
+        temperature: softening temperature T.
+        reduction: ``"batchmean"`` (mean over samples, mdistiller), ``"sum"`` or ``"none"`` (shape (B,)).
+    """
+    if reduction not in ("batchmean", "sum", "none"):
+        raise ValueError(f"unknown reduction {reduction!r} for dkd_loss; choose batchmean, sum or none")
+    tckd, nckd = dkd_terms(student_logits, teacher_logits, target, temperature)
+    return reduce(alpha * tckd + beta * nckd, reduction)
