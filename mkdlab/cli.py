@@ -48,6 +48,8 @@ def _parser() -> argparse.ArgumentParser:
     demo.add_argument("--out", default="runs/demo", help="run directory (default runs/demo)")
     demo.add_argument("--figures", default="figures", help="where the accuracy plot goes (default figures/)")
     demo.add_argument("--device", default="auto")
+    demo.add_argument("--methods", nargs="+", default=None, metavar="METHOD",
+                      help="methods to train the student with (default: ce kd aver_kd)")
     demo.add_argument("overrides", nargs="*", help="key=value overrides applied to every demo run")
     demo.set_defaults(func=_cmd_demo)
 
@@ -109,10 +111,17 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
-    from mkdlab.demo import run_demo
+    from mkdlab.demo import DEFAULT_METHODS, run_demo
+    from mkdlab.methods.registry import get_method
 
+    methods = args.methods or DEFAULT_METHODS
+    for method in methods:
+        try:
+            get_method(method)
+        except ValueError as err:
+            raise ConfigError(f"--methods: {err}") from None
     run_demo(profile=args.profile, out=Path(args.out), figures=Path(args.figures), device=args.device,
-             overrides=args.overrides)
+             overrides=args.overrides, methods=methods)
     return 0
 
 

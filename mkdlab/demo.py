@@ -22,6 +22,7 @@ from mkdlab.data import make_loaders
 from mkdlab.engine.trainer import resolve_device
 from mkdlab.evaluation import ensemble_accuracy
 from mkdlab.experiment import load_teachers, run_experiment
+from mkdlab.methods.registry import get_method
 from mkdlab.profiles import Profile, current_profile
 from mkdlab.teachers import TeacherPool, entry_name
 from mkdlab.viz import plot_accuracy_curves, save_figure
@@ -33,12 +34,8 @@ PROFILE_OVERRIDES: dict[Profile, list[str]] = {
     Profile.FULL: ["teachers.epochs=30", "train.epochs=30"],
 }
 
-#: the student runs: label, method, teacher selection ("best" or "all").
-STUDENT_RUNS = (
-    ("CE only", "ce", None),
-    ("KD (best teacher)", "kd", "best"),
-    ("AVER-KD (3 teachers)", "aver_kd", "all"),
-)
+#: the methods the demo trains by default: what fits its 10-minute budget on 2 CPU cores.
+DEFAULT_METHODS = ("ce", "kd", "aver_kd")
 
 
 @dataclass
@@ -58,18 +55,27 @@ def demo_config(profile: Profile, device: str = "auto", overrides: Sequence[str]
 
 
 def run_demo(profile: str | Profile | None = None, out: Path = Path("runs/demo"), figures: Path = Path("figures"),
-             device: str = "auto", overrides: Sequence[str] = (), pool: TeacherPool | None = None) -> list[DemoRow]:
-    """Run the demo and print its table; returns the rows."""
+             device: str = "auto", overrides: Sequence[str] = (), pool: TeacherPool | None = None,
+             methods: Sequence[str] = DEFAULT_METHODS) -> list[DemoRow]:
+    """Run the demo and print its table; returns the rows.
+
+    Each of ``methods`` trains the same student: a method without teachers alone, a single-teacher method from
+    the best teacher, a multi-teacher method from all of them.
+    """
     profile = Profile(profile) if profile is not None else current_profile()
     base = demo_config(profile, device, overrides)
     base = dataclasses.replace(base, output=dataclasses.replace(base.output, dir=str(out / profile.value)))
     pool = pool or TeacherPool()
     started = time.perf_counter()
-    teacher_rows, best_name = _teachers(base, pool)
+    teacher_rows, best_name = teacher_rows_and_best(base, pool)
     rows = list(teacher_rows)
     histories: dict[str, list[dict[str, Any]]] = {}
-    for label, method, teachers in STUDENT_RUNS:
-        config = _student_config(base, label, method, teachers, best_name)
+    for method in methods:
+        required = get_method(method).teachers_required
+        teachers = {"none": None, "one": "best", "many": "all"}[required]
+        label = {"none": f"{method} (no teacher)", "one": f"{method} (best teacher)",
+                 "many": f"{method} ({len(base.teachers.seeds)} teachers)"}[required]
+        config = student_config(base, method, teachers=teachers, best_name=best_name)
         result, _ = run_experiment(config, pool=pool, verbose=True)
         histories[label] = result.history
         rows.append(DemoRow(f"{base.student} · {label}", "student", result.last_top1, result.best_top1,
@@ -83,7 +89,8 @@ def run_demo(profile: str | Profile | None = None, out: Path = Path("runs/demo")
     return rows
 
 
-def _teachers(base: ExperimentConfig, pool: TeacherPool) -> tuple[list[DemoRow], str]:
+def teacher_rows_and_best(base: ExperimentConfig, pool: TeacherPool) -> tuple[list[DemoRow], str]:
+    """Load (or train) the teachers; their rows and the ensemble's for the table, and the best teacher's name."""
     assert base.teachers is not None
     teachers = load_teachers(base, pool)
     names = [entry_name(arch, base.data.dataset, seed, base.teachers.epochs, base.teachers.max_steps)
@@ -98,17 +105,21 @@ def _teachers(base: ExperimentConfig, pool: TeacherPool) -> tuple[list[DemoRow],
     return rows, best
 
 
-def _student_config(base: ExperimentConfig, label: str, method: str, teachers: str | None,
-                    best_name: str) -> ExperimentConfig:
-    name = method
+def student_config(base: ExperimentConfig, method: str, *, teachers: str | None = "all", best_name: str = "",
+                   params: dict[str, Any] | None = None, name: str | None = None) -> ExperimentConfig:
+    """``base`` with the student trained by ``method`` from all its teachers, the best one, or none.
+
+    ``teachers`` is ``"all"``, ``"best"`` (the pool entry ``best_name``) or ``None``; ``params`` are the method's
+    hyper-parameters; the run is named ``name`` (default: the method's name). Notebooks use this to train several
+    methods on the same teachers and data.
+    """
+    method_config = MethodConfig(method, dict(params or {}))
+    name = name or method
     if teachers is None:
-        return dataclasses.replace(base, name=name, teachers=None, method=MethodConfig(method))
-    assert base.teachers is not None
-    if teachers == "best":
-        selected = dataclasses.replace(base.teachers, entries=[best_name])
-    else:
-        selected = base.teachers
-    return dataclasses.replace(base, name=name, teachers=selected, method=MethodConfig(method))
+        return dataclasses.replace(base, name=name, teachers=None, method=method_config)
+    assert base.teachers is not None, "the base config has no teachers"
+    selected = dataclasses.replace(base.teachers, entries=[best_name]) if teachers == "best" else base.teachers
+    return dataclasses.replace(base, name=name, teachers=selected, method=method_config)
 
 
 def format_table(rows: Sequence[DemoRow]) -> str:

@@ -49,6 +49,8 @@ def test_bad_config_is_a_clear_error_not_a_traceback(tmp_path, home):
     assert "train.lr_rate: unknown key" in result.stderr and "Traceback" not in result.stderr
     result = mkdlab("train", "ce", "student=resnet9", home=home, cwd=tmp_path, check=False)
     assert result.returncode == 2 and "choose one of" in result.stderr
+    result = mkdlab("demo", "--methods", "kd", "kdd", home=home, cwd=tmp_path, check=False)
+    assert result.returncode == 2 and "unknown method 'kdd'" in result.stderr
 
 
 def test_missing_dataset_is_a_clear_error(tmp_path, home):
@@ -83,6 +85,6 @@ def test_presets_are_listed(tmp_path, home):
 def test_demo_on_a_tiny_budget(tmp_path, home):
     result = mkdlab("demo", "--profile", "smoke", "--out", "runs/demo", "--figures", "figs", "data.batch_size=16",
                     home=home, cwd=tmp_path)
-    for needle in ("teacher", "ensemble", "CE only", "KD (best teacher)", "AVER-KD (3 teachers)"):
+    for needle in ("teacher", "ensemble", "ce (no teacher)", "kd (best teacher)", "aver_kd (3 teachers)"):
         assert needle in result.stdout
     assert (tmp_path / "figs" / "demo_accuracy.png").stat().st_size > 10_000
