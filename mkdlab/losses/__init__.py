@@ -1,12 +1,12 @@
 """Pure loss functions: tensors and hyper-parameters in, a tensor out; methods compose them.
 
-* divergences: :func:`kd_loss`, :func:`dkd_loss`, :func:`dkd_terms`;
+* divergences: :func:`kd_loss`, :func:`weighted_kd_loss`, :func:`dkd_loss`, :func:`dkd_terms`;
 * features: :func:`hint_loss`, :func:`attention_map`, :func:`at_loss`;
 * teacher weights (K×B×C teacher logits in, B×K weights out): :func:`average_weights`, :func:`entropy_weights`,
   :func:`confidence_weights`; and :func:`aekd_weights` (K gradients in, K weights out).
 """
 
-from mkdlab.losses.divergences import dkd_loss, dkd_terms, kd_loss
+from mkdlab.losses.divergences import dkd_loss, dkd_terms, kd_loss, weighted_kd_loss
 from mkdlab.losses.features import at_loss, attention_map, hint_loss
 from mkdlab.losses.weights import aekd_weights, average_weights, confidence_weights, entropy_weights
 
@@ -21,4 +21,5 @@ __all__ = [
     "entropy_weights",
     "hint_loss",
     "kd_loss",
+    "weighted_kd_loss",
 ]

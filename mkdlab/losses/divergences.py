@@ -39,6 +39,17 @@ def kd_loss(
     return reduce(per_sample, reduction, classes=student_logits.shape[1])
 
 
+def weighted_kd_loss(student_logits: Tensor, teacher_logits: Tensor, weights: Tensor,
+                     temperature: float = 4.0) -> Tensor:
+    r"""Per-sample weighted multi-teacher KD: :math:`rac1B\sum_b\sum_k w_{bk}\,\ell^{KL}_T(z^s,z^k)_b`.
+
+    ``teacher_logits`` are stacked K×B×C and ``weights`` are B×K. With :math:`w=1/K` this is AVER-KD; EBKD,
+    CA-MKD and MMKD differ only in their weights (and in whether these sum to 1, methods.md §1).
+    """
+    per_sample = torch.stack([kd_loss(student_logits, t, temperature, reduction="none") for t in teacher_logits])
+    return (weights.T * per_sample).sum(0).mean()
+
+
 def reduce(per_sample: Tensor, reduction: Reduction, classes: int = 1) -> Tensor:
     """Reduce a per-sample loss vector (B,) as ``batchmean``/``mean``/``sum``/``none``.
 

@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from mkdlab.losses import kd_loss
+from mkdlab.losses.divergences import weighted_kd_loss
 from mkdlab.losses.weights import confidence_weights
 from mkdlab.methods.adapters import Embed
 from mkdlab.methods.base import Batch, Distiller, StepOutput
@@ -135,8 +135,7 @@ class CAMKD(Distiller):
         labels = batch.labels
 
         weights = confidence_weights(teacher_logits.float(), labels)  # B×K, constants
-        per_sample = torch.stack([kd_loss(logits, t, p.temperature, reduction="none") for t in teacher_logits])
-        kd = (weights.T * per_sample).sum() / (batch_size * k)
+        kd = weighted_kd_loss(logits, teacher_logits, weights / k, p.temperature)  # the extra 1/K of the repo
         losses = {"ce": p.ce_weight * F.cross_entropy(logits, labels), "kd": p.kd_weight * kd}
         extras = {"teacher_weights": weights}
 

@@ -4,10 +4,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import torch
 import torch.nn.functional as F
 
-from mkdlab.losses import kd_loss
+from mkdlab.losses.divergences import weighted_kd_loss
 from mkdlab.losses.weights import EntropyNorm, entropy_weights
 from mkdlab.methods.base import Batch, Distiller, StepOutput
 from mkdlab.methods.registry import register_method
@@ -57,8 +56,7 @@ class EBKD(Distiller):
         teacher_logits = self.teacher_logits(batch.images)
         logits = self.student(batch.images)
         weights = entropy_weights(teacher_logits.float(), p.entropy_temperature, p.weight_norm, p.rho)  # B×K
-        per_sample = torch.stack([kd_loss(logits, t, p.temperature, reduction="none") for t in teacher_logits])
-        kd = (weights.T * per_sample).sum(0).mean()
+        kd = weighted_kd_loss(logits, teacher_logits, weights, p.temperature)
         return StepOutput(
             logits,
             {"ce": p.ce_weight * F.cross_entropy(logits, batch.labels), "kd": p.kd_weight * kd},

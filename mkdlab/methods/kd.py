@@ -8,6 +8,8 @@ import torch
 import torch.nn.functional as F
 
 from mkdlab.losses import kd_loss
+from mkdlab.losses.divergences import weighted_kd_loss
+from mkdlab.losses.weights import average_weights
 from mkdlab.methods.base import Batch, Distiller, StepOutput
 from mkdlab.methods.registry import register_method
 
@@ -70,10 +72,10 @@ class AverKD(Distiller):
         p = self.params
         teacher_logits = self.teacher_logits(batch.images)
         logits = self.student(batch.images)
-        per_teacher = torch.stack([kd_loss(logits, t, p.temperature) for t in teacher_logits])
-        weights = torch.full((logits.shape[0], len(teacher_logits)), 1.0 / len(teacher_logits), device=logits.device)
+        weights = average_weights(teacher_logits)
+        kd = weighted_kd_loss(logits, teacher_logits, weights, p.temperature)
         return StepOutput(
             logits,
-            {"ce": p.ce_weight * F.cross_entropy(logits, batch.labels), "kd": p.kd_weight * per_teacher.mean()},
+            {"ce": p.ce_weight * F.cross_entropy(logits, batch.labels), "kd": p.kd_weight * kd},
             {"teacher_weights": weights},
         )

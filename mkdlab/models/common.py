@@ -66,6 +66,19 @@ class ZooModel(nn.Module):
         return feats
 
 
+def stem_and_stages(model: nn.Module, x: Tensor, stages: tuple[nn.Sequential, ...]) -> tuple[dict[str, Tensor], Tensor]:
+    """Run ``relu(bn1(conv1(x)))`` then each stage of :class:`PreactBlock` s, naming the maps.
+
+    Returns the maps ``"stem"``, ``"stageK"`` and ``"stageK_preact"`` and the last stage's output.
+    """
+    feats: dict[str, Tensor] = {}
+    x = feats["stem"] = F.relu(model.bn1(model.conv1(x)))
+    for i, stage in enumerate(stages, start=1):
+        x, feats[f"stage{i}_preact"] = run_stage(stage, x)
+        feats[f"stage{i}"] = x
+    return feats, x
+
+
 def make_taps(penultimate: str, *, camkd: str | None = None, mmkd: str | None = None) -> dict[str, str]:
     """The ``taps`` of a family whose RepDistiller ``feat[-2]`` is ``penultimate`` (CA-MKD/MMKD may differ)."""
     return {

@@ -15,7 +15,14 @@ from __future__ import annotations
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from mkdlab.models.common import PreactBlock, ZooModel, init_repdistiller, make_taps, projection, run_stage
+from mkdlab.models.common import (
+    PreactBlock,
+    ZooModel,
+    init_repdistiller,
+    make_taps,
+    projection,
+    stem_and_stages,
+)
 from mkdlab.models.registry import register_model
 
 
@@ -74,11 +81,7 @@ class ResNet(ZooModel):
         return self.fc
 
     def forward_features(self, x: Tensor) -> dict[str, Tensor]:
-        feats: dict[str, Tensor] = {}
-        x = feats["stem"] = F.relu(self.bn1(self.conv1(x)))
-        for i, stage in enumerate((self.layer1, self.layer2, self.layer3), start=1):
-            x, feats[f"stage{i}_preact"] = run_stage(stage, x)
-            feats[f"stage{i}"] = x
+        feats, x = stem_and_stages(self, x, (self.layer1, self.layer2, self.layer3))
         return self._head(feats, x)
 
 

@@ -28,7 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from mkdlab.models.common import PreactBlock, ZooModel, channel_shuffle, make_taps, run_stage
+from mkdlab.models.common import PreactBlock, ZooModel, channel_shuffle, make_taps, stem_and_stages
 from mkdlab.models.registry import register_model
 
 
@@ -94,11 +94,7 @@ class ShuffleNetV1(ZooModel):
         return self.linear
 
     def forward_features(self, x: Tensor) -> dict[str, Tensor]:
-        feats: dict[str, Tensor] = {}
-        x = feats["stem"] = F.relu(self.bn1(self.conv1(x)))
-        for i, stage in enumerate((self.layer1, self.layer2, self.layer3), start=1):
-            x, feats[f"stage{i}_preact"] = run_stage(stage, x)
-            feats[f"stage{i}"] = x
+        feats, x = stem_and_stages(self, x, (self.layer1, self.layer2, self.layer3))
         return self._head(feats, x)
 
 
@@ -184,11 +180,7 @@ class ShuffleNetV2(ZooModel):
         return self.linear
 
     def forward_features(self, x: Tensor) -> dict[str, Tensor]:
-        feats: dict[str, Tensor] = {}
-        x = feats["stem"] = F.relu(self.bn1(self.conv1(x)))
-        for i, stage in enumerate((self.layer1, self.layer2, self.layer3), start=1):
-            x, feats[f"stage{i}_preact"] = run_stage(stage, x)
-            feats[f"stage{i}"] = x
+        feats, x = stem_and_stages(self, x, (self.layer1, self.layer2, self.layer3))
         return self._head(feats, F.relu(self.bn2(self.conv2(x))))
 
 
