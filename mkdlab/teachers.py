@@ -14,7 +14,8 @@ import json
 import os
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -23,6 +24,11 @@ import torch
 from torch import nn
 
 from mkdlab.engine.checkpoint import load_safely, save_atomic
+
+try:
+    import fcntl
+except ImportError:  # Windows: manifest updates are not locked
+    fcntl = None  # type: ignore[assignment]
 from mkdlab.models import create
 from mkdlab.models.external import load_external_checkpoint
 
@@ -107,10 +113,20 @@ class TeacherPool:
         path = save_atomic({k: v.detach().cpu() for k, v in model.state_dict().items()}, self.root / f"{name}.pt")
         entry = TeacherEntry(name, arch, dataset, num_classes, in_channels, seed, epochs, top1, sha256_of(path),
                              path.name, source, time.strftime("%Y-%m-%dT%H:%M:%S"))
-        entries = self.entries()
-        entries[name] = entry
-        self._write_manifest(entries)
+        with self._manifest_lock():
+            entries = self.entries()
+            entries[name] = entry
+            self._write_manifest(entries)
         return entry
+
+    @contextmanager
+    def _manifest_lock(self) -> Iterator[None]:
+        """Serialise manifest updates between processes (notebooks and runs sharing one pool)."""
+        self.root.mkdir(parents=True, exist_ok=True)
+        with (self.root / ".manifest.lock").open("w") as handle:
+            if fcntl is not None:
+                fcntl.flock(handle, fcntl.LOCK_EX)
+            yield
 
     def import_external(self, path: str | Path, *, arch: str, dataset: str, name: str | None = None,
                         num_classes: int = 100, in_channels: int = 3, top1: float | None = None) -> TeacherEntry:

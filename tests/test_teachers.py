@@ -95,3 +95,22 @@ def test_a_corrupt_manifest_is_reported(pool):
     pool.manifest_path.write_text("{not json")
     with pytest.raises(TeacherPoolError, match="not valid JSON"):
         pool.list()
+
+
+def _add_many(home, names):
+    pool = TeacherPool(home)
+    for name in names:
+        add_resnet8(pool, name)
+
+
+def test_concurrent_writers_keep_every_entry(tmp_path):
+    import multiprocessing
+
+    home = tmp_path / "home"
+    context = multiprocessing.get_context("spawn")
+    workers = [context.Process(target=_add_many, args=(home, [f"w{w}-{i}" for i in range(4)])) for w in range(2)]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join(120)
+    assert sorted(TeacherPool(home).entries()) == sorted(f"w{w}-{i}" for w in range(2) for i in range(4))
