@@ -15,7 +15,6 @@ from mkdlab.methods.base import Batch, Distiller, StepOutput
 from mkdlab.methods.multi_teacher_common import (
     feature_term_active,
     hint_regressors,
-    stacked_logits,
     zero_term,
 )
 from mkdlab.methods.registry import register_method
@@ -85,14 +84,9 @@ class AEKD(Distiller):
 
     def forward_train(self, batch: Batch, epoch: int) -> StepOutput:
         p = self.params
-        if self.regressors is not None:
-            teacher_maps = self.teacher_features(batch.images)
-            teacher_logits = stacked_logits(teacher_maps)
-            student_maps = self.student.forward_features(batch.images)
-            logits = student_maps["logits"]
-        else:
-            teacher_logits = self.teacher_logits(batch.images)
-            logits = self.student(batch.images)
+        out = self.run_models(batch.images, maps=self.regressors is not None)
+        logits, teacher_logits, student_maps, teacher_maps = (out.logits, out.teacher_logits, out.student_maps,
+                                                              out.teacher_maps)
         batch_size, k = logits.shape[0], teacher_logits.shape[0]
 
         per_teacher = [kd_loss(logits, t, p.temperature) for t in teacher_logits]

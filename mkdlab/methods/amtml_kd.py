@@ -29,7 +29,6 @@ from torch import Tensor, nn
 
 from mkdlab.losses.relational import rkd_angle_loss, rkd_distance_loss
 from mkdlab.methods.base import Batch, Distiller, StepOutput, probe_shapes
-from mkdlab.methods.multi_teacher_common import stacked_logits
 from mkdlab.methods.registry import register_method
 
 if TYPE_CHECKING:
@@ -280,10 +279,9 @@ class AMTMLKD(Distiller):
         p = self.params
         adapter_phase = self.in_adapter_phase(epoch)
         self.set_phase(epoch)
-        teacher_maps = self.teacher_features(batch.images)
-        teacher_logits = stacked_logits(teacher_maps)
-        student_maps = self.student.forward_features(batch.images)
-        logits = student_maps["logits"]
+        out = self.run_models(batch.images)
+        logits, teacher_logits, student_maps, teacher_maps = (out.logits, out.teacher_logits, out.student_maps,
+                                                              out.teacher_maps)
         t = p.temperature
 
         scores, mu = self.importances(student_maps["pooled"])

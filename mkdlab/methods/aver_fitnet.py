@@ -7,12 +7,11 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from mkdlab.losses import kd_loss
+from mkdlab.losses import average_weights, weighted_kd_loss
 from mkdlab.methods.base import Batch, Distiller, StepOutput
 from mkdlab.methods.multi_teacher_common import (
     feature_term_active,
     hint_regressors,
-    stacked_logits,
     zero_term,
 )
 from mkdlab.methods.registry import register_method
@@ -57,12 +56,11 @@ class AverFitNet(Distiller):
 
     def forward_train(self, batch: Batch, epoch: int) -> StepOutput:
         p = self.params
-        teacher_maps = self.teacher_features(batch.images)
-        teacher_logits = stacked_logits(teacher_maps)
-        student_maps = self.student.forward_features(batch.images)
-        logits = student_maps["logits"]
-        k = len(teacher_maps)
-        kd = torch.stack([kd_loss(logits, t, p.temperature) for t in teacher_logits]).mean()
+        out = self.run_models(batch.images)
+        logits, teacher_logits, student_maps, teacher_maps = (out.logits, out.teacher_logits, out.student_maps,
+                                                              out.teacher_maps)
+        weights = average_weights(teacher_logits)
+        kd = weighted_kd_loss(logits, teacher_logits, weights, p.temperature)
         if feature_term_active(epoch, p.feature_warmup_epochs):
             hint_map = student_maps[self.student.taps["hint"]]
             hints = torch.stack([
@@ -74,7 +72,6 @@ class AverFitNet(Distiller):
             hint = p.hint_weight * hints.mean()
         else:
             hint = zero_term(logits)
-        weights = torch.full((logits.shape[0], k), 1.0 / k, device=logits.device)
         return StepOutput(
             logits,
             {"ce": p.ce_weight * F.cross_entropy(logits, batch.labels), "kd": p.kd_weight * kd, "hint": hint},

@@ -63,6 +63,16 @@ class StepOutput:
         return torch.stack(list(self.losses.values())).sum()
 
 
+@dataclass
+class ModelOutputs:
+    """One batch through the student and the teachers: logits always, named maps when they were asked for."""
+
+    logits: Tensor
+    teacher_logits: Tensor
+    student_maps: dict[str, Tensor] | None = None
+    teacher_maps: list[dict[str, Tensor]] | None = None
+
+
 @dataclass(frozen=True)
 class NoParams:
     """Hyper-parameters of a method that has none."""
@@ -80,6 +90,8 @@ class Distiller(nn.Module):
     Params: ClassVar[type] = NoParams
     #: how many teachers the method accepts: ``"none"``, ``"one"`` or ``"many"``.
     teachers_required: ClassVar[str] = "none"
+    #: with ``"many"``: the fewest teachers the method works with (2 for weightings that compare teachers).
+    min_teachers: ClassVar[int] = 1
     #: the last incomplete batch must be dropped (batch-size-tied weight networks, the CA-MKD recipe).
     needs_drop_last: ClassVar[bool] = False
     #: batches must carry dataset indices (per-sample memories).
@@ -102,6 +114,9 @@ class Distiller(nn.Module):
             raise ValueError(
                 f"method {self.method_name!r} takes {self.teachers_required} teacher(s), got {count}"
             )
+        if self.teachers_required == "many" and count < self.min_teachers:
+            raise ValueError(f"method {self.method_name!r} weights teachers against each other and needs at least "
+                             f"{'two' if self.min_teachers == 2 else self.min_teachers} teachers, got {count}")
 
     # -- modes -------------------------------------------------------------------------------------------------
     def train(self, mode: bool = True) -> Distiller:
@@ -161,6 +176,15 @@ class Distiller(nn.Module):
     def teacher_features(self, images: Tensor) -> list[dict[str, Tensor]]:
         """Every named map of every teacher (``forward_features``: one dict per teacher), without autograd."""
         return self.ensemble.features(images)
+
+    def run_models(self, images: Tensor, maps: bool = True) -> ModelOutputs:
+        """Student logits (with autograd) and teacher logits K×B×C (without); with ``maps``, every named map too."""
+        if not maps:
+            return ModelOutputs(self.student(images), self.teacher_logits(images))
+        teacher_maps = self.teacher_features(images)
+        student_maps = self.student.forward_features(images)
+        return ModelOutputs(student_maps["logits"], torch.stack([m["logits"] for m in teacher_maps]), student_maps,
+                            teacher_maps)
 
     def export_student(self) -> nn.Module:
         """The network to deploy (the student without adapters or teachers)."""

@@ -15,7 +15,6 @@ from mkdlab.methods.base import Batch, Distiller, StepOutput
 from mkdlab.methods.multi_teacher_common import (
     feature_term_active,
     per_sample_mse,
-    stacked_logits,
     tap_shape,
     zero_term,
 )
@@ -92,11 +91,10 @@ class CAMKD(Distiller):
     Params = CAMKDParams
     teachers_required = "many"
     needs_drop_last = True
+    min_teachers = 2
 
     def __init__(self, student, teachers=(), params=None) -> None:
         super().__init__(student, teachers, params)
-        if len(self.teachers) < 2:
-            raise ValueError("CA-MKD weights teachers against each other and needs at least two teachers")
         student_channels = tap_shape(self.student, TAP)[1]
         embeds = []
         for teacher in self.teachers:
@@ -127,10 +125,9 @@ class CAMKD(Distiller):
 
     def forward_train(self, batch: Batch, epoch: int) -> StepOutput:
         p = self.params
-        teacher_maps = self.teacher_features(batch.images)
-        teacher_logits = stacked_logits(teacher_maps)
-        student_maps = self.student.forward_features(batch.images)
-        logits = student_maps["logits"]
+        out = self.run_models(batch.images)
+        logits, teacher_logits, student_maps, teacher_maps = (out.logits, out.teacher_logits, out.student_maps,
+                                                              out.teacher_maps)
         batch_size, k = logits.shape[0], len(teacher_maps)
         labels = batch.labels
 

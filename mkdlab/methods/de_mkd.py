@@ -21,7 +21,6 @@ from mkdlab.methods.multi_teacher_common import (
     feature_term_active,
     hint_regressors,
     per_sample_mse,
-    stacked_logits,
     zero_term,
 )
 from mkdlab.methods.registry import register_method
@@ -155,12 +154,10 @@ class DEMKD(Distiller):
     Params = DEMKDParams
     teachers_required = "many"
     needs_drop_last = True
+    min_teachers = 2  # with K = 1 the entropy weight 1 - H/H is 0
 
     def __init__(self, student, teachers=(), params=None) -> None:
         super().__init__(student, teachers, params)
-        if len(self.teachers) < 2:
-            raise ValueError(f"DE-MKD weights teachers against each other and needs at least two teachers, got "
-                             f"{len(self.teachers)} (with K = 1 the entropy weight 1 - H/H is 0)")
         self.regressors = hint_regressors(self.student, self.teachers) if self.params.use_features else None
 
     def warmup_factor(self, epoch: int) -> float:
@@ -176,14 +173,9 @@ class DEMKD(Distiller):
 
     def forward_train(self, batch: Batch, epoch: int) -> StepOutput:
         p = self.params
-        if p.use_features:
-            teacher_maps = self.teacher_features(batch.images)
-            teacher_logits = stacked_logits(teacher_maps)
-            student_maps = self.student.forward_features(batch.images)
-            logits = student_maps["logits"]
-        else:
-            teacher_logits = self.teacher_logits(batch.images)
-            logits = self.student(batch.images)
+        out = self.run_models(batch.images, maps=p.use_features)
+        logits, teacher_logits, student_maps, teacher_maps = (out.logits, out.teacher_logits, out.student_maps,
+                                                              out.teacher_maps)
         weights = self.weights(teacher_logits)  # B×K, constants
         kd = de_mkd_kd_loss(logits, teacher_logits, batch.labels, weights, p.temperature, p.tckd_weight,
                             p.nckd_weight, p.decoupled)

@@ -5,8 +5,7 @@
 * :func:`feature_term_active`: the CA-MKD repo switches feature terms off during the first epoch (methods.md §2,
   §7 #4); ``feature_warmup_epochs`` generalises it;
 * :func:`zero_term`: the value logged for a switched-off term (a constant: no graph, so adapters get no gradient);
-* :func:`per_sample_mse`: mean over (c, h, w) for each sample (methods.md §1, "per-sample MSE");
-* :func:`stacked_logits`: teacher logits K×B×C from the per-teacher feature dicts.
+* :func:`per_sample_mse`: mean over (c, h, w) for each sample (methods.md §1, "per-sample MSE").
 """
 
 from __future__ import annotations
@@ -27,11 +26,6 @@ def per_sample_mse(student_map: Tensor, teacher_map: Tensor) -> Tensor:
     at least (under autocast the maps may be half precision)."""
     diff = student_map.float() - teacher_map.float() if student_map.dtype in _HALF else student_map - teacher_map
     return diff.pow(2).flatten(1).mean(1)
-
-
-def stacked_logits(teacher_maps: Sequence[dict[str, Tensor]]) -> Tensor:
-    """Teacher logits stacked K×B×C from :meth:`~mkdlab.methods.base.Distiller.teacher_features` output."""
-    return torch.stack([maps["logits"] for maps in teacher_maps])
 
 
 def tap_shape(model: nn.Module, tap: str) -> torch.Size:
