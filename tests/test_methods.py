@@ -17,7 +17,9 @@ def build(name: str):
     teachers = [create("resnet8", num_classes=10, in_channels=1) for _ in range(count)]
     for teacher in teachers:
         teacher.train()  # the method must put them in eval mode
-    return cls(create("resnet8", num_classes=10, in_channels=1), teachers), teachers
+    method = cls(create("resnet8", num_classes=10, in_channels=1), teachers)
+    method.bind_train_set(8)  # what the trainer tells it: per-sample memories cover the batch's indices 0..7
+    return method, teachers
 
 
 def batch() -> Batch:

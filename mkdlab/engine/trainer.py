@@ -127,6 +127,9 @@ class Trainer:
     ) -> None:
         self.config = config
         self.device = resolve_device(config.device)
+        dataset = getattr(train_loader, "dataset", None)
+        if dataset is not None:
+            method.bind_train_set(len(dataset))  # type: ignore[arg-type]
         self.method = method.to(self.device)
         # channels_last pays on CUDA and, through oneDNN, on CPU too (30-80 % faster training measured on 2 cores)
         self.channels_last = config.channels_last != "off"

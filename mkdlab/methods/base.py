@@ -149,6 +149,13 @@ class Distiller(nn.Module):
         return {}
 
     # -- hooks -------------------------------------------------------------------------------------------------
+    def bind_train_set(self, num_samples: int) -> None:
+        """Told the training-set size before the method moves to its device and before a checkpoint is loaded.
+
+        Methods with per-sample state (DTSKD's memory banks) allocate it here as buffers, so that it is saved in
+        and restored from checkpoints like any other state.
+        """
+
     def on_train_start(self, trainer: Trainer) -> None:
         """Called once before the first step (also after a resume)."""
 
