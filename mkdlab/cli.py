@@ -1,8 +1,9 @@
 """``python -m mkdlab``: the command line.
 
 Subcommands: ``demo`` (the main job), ``train`` (a preset with ``key=value`` overrides), ``eval``, ``teachers
-train|list|import``, ``bench`` (images/second of one distillation step), ``presets`` and ``visdom`` (an offline
-visdom server on 127.0.0.1).
+train|list|import``, ``bench`` (images/second of one distillation step), ``reproduce`` (a paper-table row or a
+comparison: every method × seed, and its results table), ``presets`` and ``visdom`` (an offline visdom server on
+127.0.0.1).
 """
 
 from __future__ import annotations
@@ -100,6 +101,18 @@ def _parser() -> argparse.ArgumentParser:
     bench.add_argument("--dataset", default="fashion_mnist_mini")
     bench.add_argument("--num-classes", type=int, default=100, help="classes of the benchmarked models")
     bench.set_defaults(func=_cmd_bench)
+
+    reproduce = sub.add_parser("reproduce", help="run a study row (a paper table row or a comparison): every "
+                               "method × seed, then write the results table")
+    reproduce.add_argument("study", nargs="?", help="a study row (see --list)")
+    reproduce.add_argument("overrides", nargs="*", help="key=value overrides for every run, e.g. train.epochs=2")
+    reproduce.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="student seeds (default 0 1 2)")
+    reproduce.add_argument("--methods", nargs="+", default=None, metavar="COLUMN",
+                           help="only these columns of the row (default: all)")
+    reproduce.add_argument("--out", default="runs/studies", help="where runs and results go (default runs/studies)")
+    reproduce.add_argument("--report-only", action="store_true", help="only write the table from finished runs")
+    reproduce.add_argument("--list", action="store_true", help="list the study rows")
+    reproduce.set_defaults(func=_cmd_reproduce)
 
     presets = sub.add_parser("presets", help="list the YAML presets")
     presets.set_defaults(func=_cmd_presets)
@@ -200,6 +213,29 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     run_step_benchmark(teacher=args.teacher, student=args.student, num_teachers=args.teachers,
                        batch_size=args.batch_size, steps=args.steps, warmup=args.warmup, device=args.device,
                        dataset=args.dataset, num_classes=args.num_classes)
+    return 0
+
+
+def _cmd_reproduce(args: argparse.Namespace) -> int:
+    from mkdlab.study import available_studies, load_study, read_records, run_study, write_report
+
+    if args.list or not args.study:
+        print("\n".join(available_studies()))
+        return 0 if args.list else 2
+    row = load_study(args.study, args.overrides)
+    if args.methods:
+        for label in args.methods:
+            row.column(label)
+    if args.report_only:
+        records = read_records(args.out, row)
+    else:
+        records = run_study(row, args.seeds, out=args.out, labels=args.methods)
+    if not records:
+        print(f"no finished runs of {row.name} under {args.out}")
+        return 1
+    csv_path, md_path = write_report(row, records, args.out)
+    print(md_path.read_text())
+    print(f"results: {md_path}  {csv_path}")
     return 0
 
 

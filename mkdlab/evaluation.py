@@ -9,7 +9,7 @@ import torch
 import yaml
 from torch import Tensor, nn
 
-from mkdlab.config import load_config
+from mkdlab.config import ExperimentConfig, load_config
 from mkdlab.data import dataset_info, make_loaders
 from mkdlab.engine.checkpoint import load_safely, load_state_strict
 from mkdlab.engine.trainer import BEST_STUDENT, evaluate_model, resolve_device
@@ -18,8 +18,9 @@ from mkdlab.models import create
 from mkdlab.teachers import TeacherPool
 
 
-def evaluate_run(run_dir: Path, device: str = "auto") -> dict[str, float]:
-    """Test metrics of ``run_dir/best_student.pt`` with the run's own ``config.yaml``."""
+def load_run_student(run_dir: str | Path) -> tuple[nn.Module, ExperimentConfig]:
+    """The best student of a run directory (``best_student.pt``, weights only) and the run's config, on the CPU."""
+    run_dir = Path(run_dir)
     config_path = run_dir / "config.yaml"
     if not config_path.exists():
         raise FileNotFoundError(f"{config_path} not found: is {run_dir} a run directory written by mkdlab train?")
@@ -27,6 +28,12 @@ def evaluate_run(run_dir: Path, device: str = "auto") -> dict[str, float]:
     info = dataset_info(config.data.dataset)
     student = create(config.student, num_classes=info.num_classes, in_channels=info.in_channels)
     load_state_strict(student, load_safely(run_dir / BEST_STUDENT), run_dir / BEST_STUDENT)
+    return student.eval(), config
+
+
+def evaluate_run(run_dir: Path, device: str = "auto") -> dict[str, float]:
+    """Test metrics of ``run_dir/best_student.pt`` with the run's own ``config.yaml``."""
+    student, config = load_run_student(run_dir)
     return _evaluate(student, config.data.dataset, device, config.data.root)
 
 

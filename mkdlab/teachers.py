@@ -12,7 +12,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -23,7 +22,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from mkdlab.engine.checkpoint import load_safely, save_atomic
+from mkdlab.engine.checkpoint import load_safely, save_atomic, save_atomic_text
 
 try:
     import fcntl
@@ -100,11 +99,7 @@ class TeacherPool:
         return name in self.entries()
 
     def _write_manifest(self, entries: dict[str, TeacherEntry]) -> None:
-        self.root.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=".manifest.", dir=self.root)
-        with os.fdopen(fd, "w") as handle:
-            json.dump([asdict(e) for _, e in sorted(entries.items())], handle, indent=2)
-        os.replace(tmp, self.manifest_path)
+        save_atomic_text(json.dumps([asdict(e) for _, e in sorted(entries.items())], indent=2), self.manifest_path)
 
     # -- adding ----------------------------------------------------------------------------------------------
     def add(self, name: str, model: nn.Module, *, arch: str, dataset: str, num_classes: int, in_channels: int,

@@ -13,9 +13,9 @@ import os
 import pickle
 import tempfile
 import zipfile
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import torch
 from torch import nn
@@ -28,14 +28,14 @@ class CheckpointError(RuntimeError):
     """A checkpoint cannot be read or does not fit the model it is loaded into."""
 
 
-def save_atomic(obj: Any, path: str | Path) -> Path:
-    """``torch.save`` to ``path`` through a temporary file and an atomic rename."""
+def _replace_atomically(path: str | Path, write: Callable[[IO[bytes]], None]) -> Path:
+    """Write ``path`` through a temporary file in its folder, flushed to disk, then renamed over it."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as handle:
-            torch.save(obj, handle)
+            write(handle)
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(tmp_name, path)
@@ -43,6 +43,16 @@ def save_atomic(obj: Any, path: str | Path) -> Path:
         Path(tmp_name).unlink(missing_ok=True)
         raise
     return path
+
+
+def save_atomic(obj: Any, path: str | Path) -> Path:
+    """``torch.save`` to ``path`` through a temporary file and an atomic rename."""
+    return _replace_atomically(path, lambda handle: torch.save(obj, handle))
+
+
+def save_atomic_text(text: str, path: str | Path) -> Path:
+    """Write UTF-8 ``text`` to ``path`` through a temporary file and an atomic rename."""
+    return _replace_atomically(path, lambda handle: handle.write(text.encode("utf-8")))
 
 
 def load_safely(path: str | Path, map_location: str | torch.device = "cpu") -> Any:

@@ -28,6 +28,7 @@ from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import IO, Any, Protocol, TypeVar, runtime_checkable
 
+from mkdlab.engine.checkpoint import save_atomic_text
 from mkdlab.engine.visdom_logger import VisdomLogger, VisdomUnavailableWarning
 
 __all__ = [
@@ -101,13 +102,9 @@ def _read_jsonl(path: Path) -> tuple[list[dict[str, Any]], bool]:
     return rows, damaged
 
 
-def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w", encoding="utf-8", newline="") as fh:
-        fh.write(text)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
+def read_history(run_dir: str | Path) -> list[dict[str, Any]]:
+    """The per-epoch records of a run directory (its ``history.jsonl``; a damaged last line is skipped)."""
+    return _read_jsonl(Path(run_dir) / HISTORY_JSONL)[0]
 
 
 def _csv_cell(value: Any) -> Any:
@@ -164,7 +161,7 @@ class JsonlLogger:
 
     @staticmethod
     def _rewrite(path: Path, rows: Iterable[Mapping[str, Any]]) -> None:
-        _write_atomic(path, "".join(_dumps(row) + "\n" for row in rows))
+        save_atomic_text("".join(_dumps(row) + "\n" for row in rows), path)
 
     def _append(self, which: str, row: Mapping[str, Any]) -> None:
         fh = getattr(self, which)
@@ -216,7 +213,7 @@ class JsonlLogger:
         writer.writeheader()
         for row in self._rows:
             writer.writerow({k: _csv_cell(v) for k, v in row.items()})
-        _write_atomic(self.csv_path, buf.getvalue())
+        save_atomic_text(buf.getvalue(), self.csv_path)
 
     def truncate_after_epoch(self, epoch: int, *, after_step: int | None = None) -> int:
         """Drop history rows with ``epoch > epoch`` (resuming from an older checkpoint).

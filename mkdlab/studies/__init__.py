@@ -1,0 +1,1 @@
+"""Study files: paper tables and comparisons as rows of (teachers, student) × method columns (see mkdlab.study)."""
