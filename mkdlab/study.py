@@ -167,9 +167,8 @@ def load_study(name: str, overrides: Iterable[str] = ()) -> StudyRow:
         raise ConfigError(f"study row {name!r} ({file_name}): unknown keys {sorted(unknown)}; "
                           f"use student, teachers, recipe, columns, paper")
     mapping = _deep_merge(data.get("recipe", {}), row.get("recipe", {}))
-    mapping = _deep_merge(mapping, {"name": name, "student": row["student"], "teachers": row.get("teachers")})
-    if mapping["teachers"] is None:
-        mapping.pop("teachers")
+    mapping = _deep_merge(mapping, {"name": name, "student": row["student"],
+                                    **({"teachers": row["teachers"]} if "teachers" in row else {})})
     mapping = apply_overrides(mapping, overrides)
     columns = [_column(label, spec, file_name) for label, spec in (row.get("columns") or data["columns"]).items()]
     study = StudyRow(name, data.get("source", file_name), load_config(mapping), columns)

@@ -65,7 +65,7 @@ def test_bad_study_input_says_what_to_do():
         load_study("nope")
     with pytest.raises(ConfigError, match="has no column 'dtskd2'"):
         load_study("compare_fmnist_mini").column("dtskd2")
-    with pytest.raises(ConfigError, match="train: unknown key"):
+    with pytest.raises(ConfigError, match="train.epoch: unknown key; valid keys of train: epochs"):
         load_study("compare_fmnist_mini", ["train.epoch=3"])
 
 
