@@ -8,6 +8,7 @@ from types import SimpleNamespace
 
 import pytest
 import torch
+from helpers import StopAt
 
 from mkdlab.config import TrainConfig, load_config, method_params
 from mkdlab.data import DeviceLoader
@@ -304,17 +305,6 @@ def trainer(run_dir=None, callbacks=()) -> Trainer:
     config = TrainConfig(epochs=2, lr=0.05, nesterov=True, milestones=[1], milestones_of=2, device="cpu",
                          log_every_steps=0)
     return Trainer(dtskd, train, test, config, run_dir=run_dir, callbacks=callbacks)
-
-
-class StopAt:
-    """Ask the trainer to stop after global step ``step`` (a simulated kill)."""
-
-    def __init__(self, step: int) -> None:
-        self.step = step
-
-    def after_step(self, trainer, batch, output) -> None:
-        if trainer.global_step + 1 == self.step:
-            trainer.request_stop()
 
 
 def test_a_killed_and_resumed_run_equals_an_uninterrupted_one(tmp_path):

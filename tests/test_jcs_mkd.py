@@ -9,6 +9,7 @@ import math
 
 import pytest
 import torch
+from helpers import StopAt
 from torch import nn
 
 from mkdlab.config import TrainConfig, load_config, method_params
@@ -325,17 +326,6 @@ def test_heterogeneous_teachers_with_other_map_sizes():
 
 
 # -- in the trainer, and the presets -----------------------------------------------------------------------------
-class StopAt:
-    """Ask the trainer to stop after global step ``step`` (a simulated kill)."""
-
-    def __init__(self, step: int) -> None:
-        self.step = step
-
-    def after_step(self, trainer, batch, output) -> None:
-        if trainer.global_step + 1 == self.step:
-            trainer.request_stop()
-
-
 def parity_trainer(run_dir=None, callbacks=()) -> Trainer:
     """JCS-MKD with parity in the real trainer: 48 random 16×16 images, 3 steps per epoch, 2 epochs."""
     images = torch.randint(0, 256, (48, 1, 16, 16), dtype=torch.uint8, generator=gen(3))

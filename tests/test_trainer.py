@@ -8,6 +8,7 @@ import signal
 
 import pytest
 import torch
+from helpers import StopAt
 from torch import nn
 
 from mkdlab.config import TrainConfig
@@ -48,20 +49,6 @@ def make_trainer(run_dir=None, callbacks=(), method=None, **changes) -> Trainer:
     train, test = loaders(seed=changes.get("seed", 0))
     return Trainer(method or CrossEntropy(tiny_net()), train, test, config(**changes), run_dir=run_dir,
                    callbacks=callbacks)
-
-
-class StopAt:
-    """A callback that asks the trainer to stop after a given global step (a simulated kill)."""
-
-    def __init__(self, step: int, use_signal: bool = False) -> None:
-        self.step, self.use_signal = step, use_signal
-
-    def after_step(self, trainer, batch, output) -> None:
-        if trainer.global_step + 1 == self.step:  # global_step is incremented after the callbacks
-            if self.use_signal:
-                os.kill(os.getpid(), signal.SIGTERM)
-            else:
-                trainer.request_stop()
 
 
 def weights(trainer: Trainer) -> dict[str, torch.Tensor]:
