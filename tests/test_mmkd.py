@@ -472,8 +472,8 @@ def test_training_through_the_trainer_with_a_kill_and_resume_is_bit_exact(tmp_pa
 # -- the presets ---------------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("name", ["mmkd", "mmkd_parity"])
 def test_presets_train_two_steps_on_the_data(name):
-    """The preset's method and data pipeline (untrained resnet20 teachers: the pool is not needed here)."""
-    config = load_config(name, ["train.max_steps=2", "train.device=cpu"])
+    """The preset's method and data pipeline (untrained resnet8 teachers: the pool is not needed here)."""
+    config = load_config(name, ["train.max_steps=2", "train.device=cpu", "teachers.arch=resnet8"])
     teachers = [create(arch, num_classes=10, in_channels=1) for arch in config.teachers.architectures()]
     method = build_method(config, teachers)
     assert isinstance(method, MMKD) and method.params.parity == (name == "mmkd_parity")

@@ -66,7 +66,7 @@ class MMKDParams:
       tied to the batch size): smaller batches are zero-padded to it, larger ones refused. Set it to the
       training batch size (64 in the presets).
     * ``gram_norm``: ``"row_l2"`` (each Gram row L2-normalised, as in similarity-preserving KD) or ``"none"``
-      (raw Gram matrices, the official code). Raw entries of post-ReLU maps are ~1e3–1e4 (notebook 06): the
+      (raw Gram matrices, the official code). Raw entries of post-ReLU maps run into the thousands (notebook 06): the
       feature weight network's softmax is saturated from its initialisation on — nearly one-hot rows, one teacher
       per sample picked by the random initial weights, and Adam turns the tiny but input-amplified
       hypergradients into full-size steps. Where the saturation underflows to exact 0/1 the embeds of the
