@@ -26,6 +26,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from mkdlab.methods.base import Batch, Distiller, StepOutput
+from mkdlab.methods.multi_teacher_common import at_least_float32
 from mkdlab.methods.registry import register_method
 from mkdlab.models.branches import MultiBranchNet, TopDownBranches, multi_branch_logits
 from mkdlab.models.common import ZooModel
@@ -39,14 +40,9 @@ EPS = 1e-7
 #: the run length E of the paper's recipe, used by the α schedule when neither ``params.epochs`` nor a trainer
 #: gave one (a method driven by hand, outside :class:`~mkdlab.engine.trainer.Trainer`).
 PAPER_EPOCHS = 300
-_HALF = (torch.float16, torch.bfloat16)
 
 
 # -- pure loss pieces ----------------------------------------------------------------------------------------------
-def _at_least_float32(x: Tensor) -> Tensor:
-    return x.float() if x.dtype in _HALF else x
-
-
 def smoothed_kl(target: Tensor, logits: Tensor, temperature: float = 1.0, eps: float = EPS) -> Tensor:
     r"""DTSKD's ``KL_Loss``: :math:`\frac{T^2}{B}\sum_{b,c}(q_{bc}+\epsilon)\big(\log(q_{bc}+\epsilon)
     - \log\mathrm{softmax}(z_b/T)_c\big)` with :math:`\epsilon = 10^{-7}` (methods.md §5.5).
@@ -55,8 +51,8 @@ def smoothed_kl(target: Tensor, logits: Tensor, temperature: float = 1.0, eps: f
     student logits :math:`z`. Half-precision inputs are computed in float32. Gradients flow into ``target``
     unless it is detached.
     """
-    log_p = F.log_softmax(_at_least_float32(logits) / temperature, dim=1)
-    q = _at_least_float32(target) + eps
+    log_p = F.log_softmax(at_least_float32(logits) / temperature, dim=1)
+    q = at_least_float32(target) + eps
     return temperature**2 * (q * (q.log() - log_p)).sum() / logits.shape[0]
 
 
@@ -96,7 +92,7 @@ def structural_loss(outputs: Sequence[Tensor], temperature: float = 4.0, detach_
     The official code does not detach :math:`\pi`: the backbone is also pulled towards its branches.
     ``detach_teacher=True`` stops that gradient.
     """
-    teacher = F.softmax(_at_least_float32(outputs[0]) / temperature, dim=1)
+    teacher = F.softmax(at_least_float32(outputs[0]) / temperature, dim=1)
     if detach_teacher:
         teacher = teacher.detach()
     return torch.stack([smoothed_kl(teacher, z, temperature) for z in outputs[1:]]).sum()

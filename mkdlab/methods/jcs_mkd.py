@@ -21,10 +21,9 @@ from mkdlab.cam import class_activation_maps
 from mkdlab.losses.cam import cat_loss, self_knowledge_terms
 from mkdlab.losses.weights import confidence_weights
 from mkdlab.methods.base import Batch, Distiller, StepOutput, probe_shapes
+from mkdlab.methods.multi_teacher_common import at_least_float32
 from mkdlab.methods.registry import register_method
 from mkdlab.typed import ConfigError
-
-_HALF = (torch.float16, torch.bfloat16)
 
 
 @dataclass(frozen=True)
@@ -80,10 +79,6 @@ class JCSMKDParams:
     def effective_normalize(self) -> bool:
         """Per-channel L2 normalisation of the pooled CAMs: ``normalize``, else ``parity``."""
         return self.parity if self.normalize is None else self.normalize
-
-
-def _at_least_float32(x: Tensor) -> Tensor:
-    return x.float() if x.dtype in _HALF else x
 
 
 @register_method("jcs_mkd")
@@ -192,13 +187,13 @@ class JCSMKD(Distiller):
         student_cams = class_activation_maps(self.student, maps[self.student.taps["last_map"]])
         teacher_cams, teacher_logits = self.teacher_cams(batch.images)
 
-        weights = confidence_weights(_at_least_float32(teacher_logits), labels)  # B×K, constants
-        cat = cat_loss(_at_least_float32(student_cams), [_at_least_float32(c) for c in teacher_cams], weights,
+        weights = confidence_weights(at_least_float32(teacher_logits), labels)  # B×K, constants
+        cat = cat_loss(at_least_float32(student_cams), [at_least_float32(c) for c in teacher_cams], weights,
                        p.cam_resolution, p.effective_normalize)
         head_input = logits if p.weak_head_input == "logits" else maps["pooled"]
         head_logits = self.weak_head(head_input)
-        student = _at_least_float32(logits)
-        terms = self_knowledge_terms(student, _at_least_float32(head_logits), labels,
+        student = at_least_float32(logits)
+        terms = self_knowledge_terms(student, at_least_float32(head_logits), labels,
                                      ranking="log_probs" if p.parity else "probs", smoothing=p.weak_smoothing)
         losses = {
             "ce": p.ce_weight * F.cross_entropy(student, labels),

@@ -21,10 +21,15 @@ from mkdlab.methods.base import probe_shapes
 _HALF = (torch.float16, torch.bfloat16)
 
 
+def at_least_float32(x: Tensor) -> Tensor:
+    """``x`` in float32 when it is half precision (bf16/fp16 under autocast), else unchanged (float64 stays)."""
+    return x.float() if x.dtype in _HALF else x
+
+
 def per_sample_mse(student_map: Tensor, teacher_map: Tensor) -> Tensor:
     """Per-sample MSE: ``(a − b)²`` averaged over every dimension but the first, shape (B,), computed in float32
     at least (under autocast the maps may be half precision)."""
-    diff = student_map.float() - teacher_map.float() if student_map.dtype in _HALF else student_map - teacher_map
+    diff = at_least_float32(student_map) - at_least_float32(teacher_map)
     return diff.pow(2).flatten(1).mean(1)
 
 
