@@ -88,7 +88,8 @@ def meta_split(trainer: Trainer, repeats: int) -> dict[str, float]:
     optimizer = method.extra_optimizers()["meta"]
     method.train()
     for _ in range(repeats):
-        step_targets, ms = timed(lambda: method.teacher_targets(batch.images), device)
+        with trainer.autocast():  # as in training: the teachers run inside the step's autocast
+            step_targets, ms = timed(lambda: method.teacher_targets(batch.images), device)
         times["teacher forward"].append(ms)
         (images, labels, targets), ms = timed(lambda t=step_targets: method.meta_batch(batch, t), device)
         times["meta batch"].append(ms)

@@ -27,6 +27,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from mkdlab.data import DatasetNotFoundError
     from mkdlab.engine.checkpoint import CheckpointError
     from mkdlab.engine.trainer import NonFiniteLossError, TrainingInterrupted
+    from mkdlab.study import StudyRunError
     from mkdlab.teachers import TeacherPoolError
 
     try:
@@ -34,7 +35,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except TrainingInterrupted as err:
         print(f"mkdlab: {err}", file=sys.stderr)
         return 130
-    except (ConfigError, DatasetNotFoundError, CheckpointError, TeacherPoolError, NonFiniteLossError) as err:
+    except (ConfigError, DatasetNotFoundError, CheckpointError, TeacherPoolError, NonFiniteLossError,
+            StudyRunError) as err:
         print(f"mkdlab: error: {err}", file=sys.stderr)
         return 2
 
@@ -110,7 +112,14 @@ def _parser() -> argparse.ArgumentParser:
     reproduce.add_argument("--methods", nargs="+", default=None, metavar="COLUMN",
                            help="only these columns of the row (default: all)")
     reproduce.add_argument("--out", default="runs/studies", help="where runs and results go (default runs/studies)")
+    reproduce.add_argument("--jobs", type=int, default=1,
+                           help="runs trained at once, each in its own process (default 1); small models leave a "
+                           "GPU mostly idle, so on a GPU try the number of CPU cores")
+    reproduce.add_argument("--record-extras", action="store_true",
+                           help="also keep each epoch's per-sample extras (teacher weights …) for the figures")
     reproduce.add_argument("--report-only", action="store_true", help="only write the table from finished runs")
+    reproduce.add_argument("--figures", default=None, metavar="DIR",
+                           help="also draw the study's figures (accuracy, teacher weights, Grad-CAM, cost) into DIR")
     reproduce.add_argument("--list", action="store_true", help="list the study rows")
     reproduce.set_defaults(func=_cmd_reproduce)
 
@@ -229,13 +238,23 @@ def _cmd_reproduce(args: argparse.Namespace) -> int:
     if args.report_only:
         records = read_records(args.out, row)
     else:
-        records = run_study(row, args.seeds, out=args.out, labels=args.methods)
+        if args.jobs < 1:
+            raise ConfigError(f"--jobs must be at least 1, got {args.jobs}")
+        records = run_study(row, args.seeds, out=args.out, labels=args.methods, jobs=args.jobs,
+                            record_extras=args.record_extras)
     if not records:
         print(f"no finished runs of {row.name} under {args.out}")
         return 1
     csv_path, md_path = write_report(row, records, args.out)
     print(md_path.read_text())
     print(f"results: {md_path}  {csv_path}")
+    if args.figures:
+        from mkdlab.study import in_column_order, summarize
+        from mkdlab.study_figures import write_figures
+
+        records = in_column_order(row, records)
+        paths = write_figures(row, summarize(records, row.paper), records, args.out, args.figures)
+        print("figures: " + "  ".join(str(p) for p in paths))
     return 0
 
 

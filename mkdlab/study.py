@@ -3,8 +3,8 @@
 A study file (``mkdlab/studies/<file>.yaml``) holds a shared ``recipe`` (an :class:`~mkdlab.config.ExperimentConfig`
 mapping without the method), the method ``columns`` (a label → a method preset, or a method name with
 hyper-parameters) and named ``rows``: one teacher/student combination each (its own ``recipe`` additions and,
-optionally, its own ``columns``), with the paper's reported numbers. A row
-is what ``python -m mkdlab reproduce <row> --seeds 0 1 2`` runs: every column, every seed, the teachers taken from
+optionally, its own ``columns`` or ``column_params`` changes to the shared ones), with the paper's reported numbers.
+A row is what ``python -m mkdlab reproduce <row> --seeds 0 1 2`` runs: every column, every seed, the teachers taken from
 (or trained into) the teacher pool once and shared by all runs.
 
 :func:`run_study` writes ``result.json`` beside each finished run, so running the same study again skips what is
@@ -26,6 +26,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
+import torch
 import yaml
 
 from mkdlab.config import (
@@ -44,6 +45,10 @@ STUDY_PACKAGE = "mkdlab.studies"
 RESULT_FILE = "result.json"
 #: the column every gain is measured against, and the method ARI is computed for.
 BASELINE, ARI_METHOD = "ce", "mmkd"
+
+
+class StudyRunError(RuntimeError):
+    """Runs of a parallel study failed (the others finished; running the study again resumes the failed ones)."""
 
 
 @dataclass(frozen=True)
@@ -162,15 +167,20 @@ def load_study(name: str, overrides: Iterable[str] = ()) -> StudyRow:
         raise ConfigError(f"no study row {name!r}; rows: {', '.join(sorted(files))}")
     file_name, data = files[name]
     row = data["rows"][name]
-    unknown = set(row) - {"student", "teachers", "recipe", "columns", "paper"}
+    unknown = set(row) - {"student", "teachers", "recipe", "columns", "column_params", "paper"}
     if unknown:
         raise ConfigError(f"study row {name!r} ({file_name}): unknown keys {sorted(unknown)}; "
-                          f"use student, teachers, recipe, columns, paper")
+                          f"use student, teachers, recipe, columns, column_params, paper")
     mapping = _deep_merge(data.get("recipe", {}), row.get("recipe", {}))
     mapping = _deep_merge(mapping, {"name": name, "student": row["student"],
                                     **({"teachers": row["teachers"]} if "teachers" in row else {})})
     mapping = apply_overrides(mapping, overrides)
-    columns = [_column(label, spec, file_name) for label, spec in (row.get("columns") or data["columns"]).items()]
+    specs = dict(row.get("columns") or data["columns"])
+    for label, params in (row.get("column_params") or {}).items():  # the row's changes to a shared column
+        if label not in specs:
+            raise ConfigError(f"study row {name!r} ({file_name}): column_params for unknown column {label!r}")
+        specs[label] = {**specs[label], "params": _deep_merge(specs[label].get("params") or {}, params)}
+    columns = [_column(label, spec, file_name) for label, spec in specs.items()]
     study = StudyRow(name, data.get("source", file_name), load_config(mapping), columns)
     for column in columns:  # every column must validate against this row's teachers and student
         validate(run_config(study, column, 0, Path()))
@@ -247,30 +257,111 @@ def _method_class(name: str) -> Any:
 
 def run_study(row: StudyRow, seeds: Sequence[int], *, out: str | Path = "runs/studies",
               labels: Sequence[str] | None = None, pool: Any = None, verbose: bool = True,
-              record_extras: bool = False) -> list[RunRecord]:
+              record_extras: bool = False, jobs: int = 1) -> list[RunRecord]:
     """Run every column (or ``labels``) with every seed; finished runs are read back, interrupted ones resumed.
 
     With ``record_extras`` each run also keeps its per-sample extras (teacher weights …) under ``extras/``.
+    With ``jobs`` > 1 the runs go to that many worker processes (small models leave a GPU, or the cores of a CPU,
+    mostly idle in one process): the missing teachers are trained first, in parallel, then every pending run;
+    each worker gets ``cpu_count // jobs`` threads. Records come back in column × seed order either way.
     """
     from mkdlab.data import resolve_root
-    from mkdlab.experiment import run_experiment
 
     resolve_root(row.base.data.dataset, row.base.data.root, download=row.base.data.download)  # fail before training
     columns = [row.column(label) for label in labels] if labels else row.columns
-    records = []
-    for column in columns:
-        for seed in seeds:
-            config = run_config(row, column, seed, Path(out))
-            result_path = config.run_dir() / RESULT_FILE
-            if result_path.exists():
-                records.append(read_record(result_path))
-                continue
-            result, _ = run_experiment(config, pool=pool, resume=True, verbose=verbose, record_extras=record_extras)
-            record = record_from_history(column, seed, result.history)
-            config.run_dir().mkdir(parents=True, exist_ok=True)
-            save_atomic_text(json.dumps(dataclasses.asdict(record), indent=2), result_path)
-            records.append(record)
-    return records
+    runs = [(column, seed, run_config(row, column, seed, Path(out))) for column in columns for seed in seeds]
+    pending = [run for run in runs if not (run[2].run_dir() / RESULT_FILE).exists()]
+    if jobs > 1 and pending:
+        _run_in_parallel(pending, jobs, pool, record_extras, verbose)
+    else:
+        for column, seed, config in pending:
+            _run_and_record(column, seed, config, pool, record_extras, verbose)
+    return [read_record(config.run_dir() / RESULT_FILE) for _, _, config in runs]
+
+
+def _run_and_record(column: Column, seed: int, config: ExperimentConfig, pool: Any, record_extras: bool,
+                    verbose: bool, threads: int | None = None) -> RunRecord:
+    """Train one (column, seed) run (resuming it if interrupted) and write its ``result.json``."""
+    from mkdlab.experiment import run_experiment
+
+    if threads is not None:
+        torch.set_num_threads(threads)
+    result, _ = run_experiment(config, pool=pool, resume=True, verbose=verbose, record_extras=record_extras)
+    record = record_from_history(column, seed, result.history)
+    config.run_dir().mkdir(parents=True, exist_ok=True)
+    save_atomic_text(json.dumps(dataclasses.asdict(record), indent=2), config.run_dir() / RESULT_FILE)
+    return record
+
+
+def _train_teacher(config: ExperimentConfig, pool: Any, threads: int) -> None:
+    from mkdlab.experiment import load_teachers
+
+    torch.set_num_threads(threads)
+    load_teachers(config, pool, verbose=False)
+
+
+def _teacher_jobs(configs: Iterable[ExperimentConfig], pool: Any) -> list[ExperimentConfig]:
+    """One single-teacher config per distinct pool teacher the runs need that the pool does not hold yet."""
+    from mkdlab.teachers import TeacherPool, entry_name
+
+    pool = pool or TeacherPool()
+    wanted: dict[str, ExperimentConfig] = {}
+    for config in configs:
+        teachers = config.teachers
+        if teachers is None or teachers.entries:
+            continue
+        for arch, seed in zip(teachers.architectures(), teachers.seeds, strict=True):
+            name = entry_name(arch, config.data.dataset, seed, teachers.epochs, teachers.max_steps)
+            if name not in pool and name not in wanted:
+                wanted[name] = dataclasses.replace(config, teachers=dataclasses.replace(
+                    teachers, arch=[arch], seeds=[seed]))
+    return list(wanted.values())
+
+
+def _run_in_parallel(pending: Sequence[tuple[Column, int, ExperimentConfig]], jobs: int, pool: Any,
+                     record_extras: bool, verbose: bool) -> None:
+    """The pending runs on ``jobs`` worker processes, after the teachers they share (also in parallel).
+
+    A failed run does not stop the others; the failures are reported together at the end, and running the same
+    study again resumes them.
+    """
+    import multiprocessing
+    import os
+    from concurrent.futures import ProcessPoolExecutor
+
+    threads = max(1, (os.cpu_count() or 1) // jobs)
+    failures: list[str] = []
+    with ProcessPoolExecutor(max_workers=jobs, mp_context=multiprocessing.get_context("spawn")) as executor:
+        teachers = _teacher_jobs((config for _, _, config in pending), pool)
+        futures = {executor.submit(_train_teacher, config, pool, threads): f"teacher {config.teachers.arch[0]} "
+                   f"seed {config.teachers.seeds[0]}" for config in teachers if config.teachers is not None}
+        _collect(futures, failures, verbose)
+        if failures:
+            raise StudyRunError(f"training the teachers failed: {'; '.join(failures)}")
+        futures = {executor.submit(_run_and_record, column, seed, config, pool, record_extras, False, threads):
+                   f"{column.label} seed {seed}" for column, seed, config in pending}
+        _collect(futures, failures, verbose)
+    if failures:
+        raise StudyRunError(f"{len(failures)} of {len(pending)} runs failed: {'; '.join(failures)}. The others are "
+                           "finished; run the same study again to resume the failed ones")
+
+
+def _collect(futures: Mapping[Any, str], failures: list[str], verbose: bool) -> None:
+    """Wait for ``futures`` (future → what it runs), printing each outcome; failures are appended, not raised."""
+    from concurrent.futures import as_completed
+
+    for done, future in enumerate(as_completed(futures), 1):
+        what = futures[future]
+        try:
+            record = future.result()
+        except Exception as err:  # noqa: BLE001 - one failed run must not stop the others
+            failures.append(f"{what}: {type(err).__name__}: {err}")
+            print(f"[{done}/{len(futures)}] {what} FAILED: {err}", flush=True)
+            continue
+        if verbose:
+            detail = (f": best {record.best_top1:.2f} (epoch {record.best_epoch}), last {record.last_top1:.2f}, "
+                      f"{record.train_time_s:.0f} s" if isinstance(record, RunRecord) else ": done")
+            print(f"[{done}/{len(futures)}] {what}{detail}", flush=True)
 
 
 def record_from_history(column: Column, seed: int, history: Sequence[Mapping[str, Any]]) -> RunRecord:
@@ -388,8 +479,9 @@ def markdown_table(summaries: Sequence[ColumnSummary]) -> str:
 
 def write_report(row: StudyRow, records: Sequence[RunRecord], out: str | Path = "runs/studies",
                  header: str = "") -> tuple[Path, Path]:
-    """Write ``results.csv`` and ``results.md`` for ``row`` under ``out/<row>``; returns their paths."""
-    summaries = summarize(records, row.paper)
+    """Write ``results.csv`` and ``results.md`` for ``row`` under ``out/<row>`` (columns in the row's order);
+    returns their paths."""
+    summaries = summarize(in_column_order(row, records), row.paper)
     folder = Path(out) / row.name
     folder.mkdir(parents=True, exist_ok=True)
     csv_path, md_path = folder / "results.csv", folder / "results.md"
@@ -410,6 +502,12 @@ def write_report(row: StudyRow, records: Sequence[RunRecord], out: str | Path = 
                   + ", ".join(f"{label} {value:+.1f} %" for label, value in ari.items())]
     md_path.write_text("\n".join(parts) + "\n")
     return csv_path, md_path
+
+
+def in_column_order(row: StudyRow, records: Sequence[RunRecord]) -> list[RunRecord]:
+    """``records`` sorted by the row's column order, then by seed (runs may finish in any order)."""
+    order = {column.label: i for i, column in enumerate(row.columns)}
+    return sorted(records, key=lambda r: (order.get(r.label, len(order)), r.seed))
 
 
 def _teachers_text(config: ExperimentConfig) -> str:

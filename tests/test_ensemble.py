@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from mkdlab.methods.ensemble import TeacherEnsemble, same_architecture
@@ -41,3 +42,31 @@ def test_mixed_architectures_fall_back_to_the_loop():
     ensemble = TeacherEnsemble(models, "vmap")
     assert not ensemble.uses_vmap(torch.device("cpu"))
     assert ensemble.logits(torch.randn(2, 1, 32, 32)).shape == (2, 2, 10)
+
+
+def test_a_call_vmap_refuses_falls_back_to_the_loop(monkeypatch):
+    """A missing functorch batching rule (an H100 run hit one) must not stop training: the loop takes over."""
+    import mkdlab.methods.ensemble as ensemble_module
+
+    models = teachers()
+    x = torch.randn(4, 1, 32, 32)
+    reference = TeacherEnsemble(models, "loop").logits(x)
+
+    def refusing_vmap(*args, **kwargs):
+        def call(*inputs):
+            raise RuntimeError("NYI: querying is_contiguous inside of vmap for memory_format other than ...")
+        return call
+
+    monkeypatch.setattr(ensemble_module, "vmap", refusing_vmap)
+    batched = TeacherEnsemble(models, "vmap")
+    torch.testing.assert_close(batched.logits(x), reference)
+    assert batched.batching == "loop" and not batched.uses_vmap(x.device)
+
+    def failing_vmap(*args, **kwargs):
+        def call(*inputs):
+            raise RuntimeError("CUDA out of memory")
+        return call
+
+    monkeypatch.setattr(ensemble_module, "vmap", failing_vmap)
+    with pytest.raises(RuntimeError, match="out of memory"):  # other errors are not swallowed
+        TeacherEnsemble(models, "vmap").logits(x)

@@ -143,3 +143,67 @@ def test_runner_skips_finished_runs_and_resumes_an_interrupted_one(tmp_path, mon
     assert f"| ce | 1 | {resumed.last_top1:.2f} | {resumed.best_top1:.2f} | +0.00 | +0.00 | 80.00 ± 1.00 |" in text
     rows = list(csv.DictReader(csv_path.open()))
     assert rows[0]["label"] == "ce" and float(rows[0]["best_mean"]) == pytest.approx(resumed.best_top1)
+
+
+def test_parallel_runner_trains_each_teacher_once_and_matches_the_sequential_runs(tmp_path, monkeypatch):
+    import torch
+
+    from mkdlab.teachers import TeacherPool
+
+    base = load_config({"name": "tiny", "student": "resnet8", "data": {"dataset": "fashion_mnist_mini"},
+                        "teachers": {"arch": "resnet8", "seeds": [0, 1], "epochs": 1, "max_steps": 3},
+                        "train": {"epochs": 1, "max_steps": 4, "device": "cpu", "log_every_steps": 0}})
+    row = StudyRow("tiny", "test", base, [Column("ce", MethodConfig("ce")), Column("kd", MethodConfig("kd")),
+                                          Column("aver_kd", MethodConfig("aver_kd"))])
+    monkeypatch.setattr("os.cpu_count", lambda: 2)  # one thread per worker, as below for the sequential runs
+    parallel = run_study(row, [0, 1], out=tmp_path / "parallel", pool=TeacherPool(tmp_path / "pool"),
+                         verbose=False, jobs=2)
+    pool = TeacherPool(tmp_path / "pool")
+    assert sorted(pool.entries()) == ["resnet8-fashion_mnist_mini-s0-e1-m3", "resnet8-fashion_mnist_mini-s1-e1-m3"]
+    files = {name: entry.sha256 for name, entry in pool.entries().items()}
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        sequential = run_study(row, [0, 1], out=tmp_path / "sequential", pool=pool, verbose=False)
+    finally:
+        torch.set_num_threads(threads)
+    assert [(r.label, r.seed) for r in parallel] == [(c, s) for c in ("ce", "kd", "aver_kd") for s in (0, 1)]
+    assert [(r.last_top1, r.best_top1) for r in parallel] == [(r.last_top1, r.best_top1) for r in sequential]
+    assert {name: entry.sha256 for name, entry in pool.entries().items()} == files  # nothing retrained
+    assert len({r.best_top1 for r in parallel}) > 1  # the runs differ: not one result copied
+
+
+def test_a_row_changes_a_shared_column_through_column_params(monkeypatch):
+    assert load_study("compare_fmnist").column("mmkd").method.params["gram_size"] == 128
+    assert load_study("compare_fmnist_mini").column("mmkd").method.params.get("gram_size", 64) == 64
+
+    import mkdlab.study as study_module
+
+    files = {"broken": ("test.yaml", {"recipe": {}, "columns": {"ce": {"preset": "ce"}},
+                                      "rows": {"broken": {"student": "resnet8", "column_params": {"kd": {}}}}})}
+    monkeypatch.setattr(study_module, "_read_study_files", lambda: files)
+    with pytest.raises(ConfigError, match="column_params for unknown column 'kd'"):
+        load_study("broken")
+
+
+def test_study_figures_are_drawn_from_the_runs_on_disk(tmp_path):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from mkdlab.study import in_column_order
+    from mkdlab.study_figures import plot_teacher_weights, write_figures
+    from mkdlab.teachers import TeacherPool
+
+    base = load_config({"name": "tiny", "student": "resnet8", "data": {"dataset": "fashion_mnist_mini"},
+                        "teachers": {"arch": "resnet8", "seeds": [0, 1], "epochs": 1, "max_steps": 3},
+                        "train": {"epochs": 1, "max_steps": 3, "device": "cpu", "log_every_steps": 0}})
+    row = StudyRow("tiny", "test", base, [Column("ce", MethodConfig("ce")), Column("aver_kd", MethodConfig("aver_kd")),
+                                          Column("ebkd", MethodConfig("ebkd"))])
+    records = run_study(row, [0], out=tmp_path / "runs", pool=TeacherPool(tmp_path / "pool"), verbose=False,
+                        record_extras=True)
+    weights = plot_teacher_weights(row, tmp_path / "runs")
+    assert [ax.get_title() for ax in weights.axes] == ["ebkd"]  # AVER-KD's fixed 1/K is left out
+    paths = write_figures(row, summarize(in_column_order(row, records)), records, tmp_path / "runs", tmp_path / "fig")
+    assert [p.name for p in paths] == [f"tiny_{n}.png" for n in ("accuracy", "weights", "gradcam", "cost")]
+    assert all(p.stat().st_size > 5_000 for p in paths)

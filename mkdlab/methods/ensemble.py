@@ -35,7 +35,8 @@ class TeacherEnsemble:
     """Evaluate frozen teachers on a batch, returning stacked K×B×… outputs.
 
     ``batching="auto"`` uses the batched (vmap) call for same-architecture teachers on CUDA, where it measures
-    faster, and a plain loop otherwise (``python -m mkdlab bench`` prints both). The stacked weights are a copy
+    faster, and a plain loop otherwise (``python -m mkdlab bench`` prints both). Where vmap refuses a call (a missing
+    functorch batching rule), the ensemble falls back to the loop for good. The stacked weights are a copy
     taken at first use; call :meth:`refresh` after changing a teacher's weights.
     """
 
@@ -69,7 +70,15 @@ class TeacherEnsemble:
             def one(p: dict[str, Tensor], b: dict[str, Tensor], x: Tensor) -> Tensor | dict[str, Tensor]:
                 return functional_call(view, (p, b), (x,))
 
-            return vmap(one, in_dims=(0, 0, None))(params, buffers, images)
+            try:
+                return vmap(one, in_dims=(0, 0, None))(params, buffers, images)
+            except RuntimeError as err:
+                if "vmap" not in str(err):
+                    raise
+                # functorch lacks a batching rule this call needs (seen on an H100 with PyTorch 2.11: fp32
+                # channels_last batch norm outside autocast, "NYI: querying is_contiguous inside of vmap"): the
+                # loop computes the same outputs, so use it from now on.
+                self.batching = "loop"
         if not features:
             return torch.stack([t(images) for t in self.teachers])
         return [t.forward_features(images) for t in self.teachers]
