@@ -249,11 +249,9 @@ def _cmd_reproduce(args: argparse.Namespace) -> int:
     print(md_path.read_text())
     print(f"results: {md_path}  {csv_path}")
     if args.figures:
-        from mkdlab.study import in_column_order, summarize
         from mkdlab.study_figures import write_figures
 
-        records = in_column_order(row, records)
-        paths = write_figures(row, summarize(records, row.paper), records, args.out, args.figures)
+        paths = write_figures(row, records, args.out, args.figures)
         print("figures: " + "  ".join(str(p) for p in paths))
     return 0
 

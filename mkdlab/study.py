@@ -280,12 +280,10 @@ def run_study(row: StudyRow, seeds: Sequence[int], *, out: str | Path = "runs/st
 
 
 def _run_and_record(column: Column, seed: int, config: ExperimentConfig, pool: Any, record_extras: bool,
-                    verbose: bool, threads: int | None = None) -> RunRecord:
+                    verbose: bool) -> RunRecord:
     """Train one (column, seed) run (resuming it if interrupted) and write its ``result.json``."""
     from mkdlab.experiment import run_experiment
 
-    if threads is not None:
-        torch.set_num_threads(threads)
     result, _ = run_experiment(config, pool=pool, resume=True, verbose=verbose, record_extras=record_extras)
     record = record_from_history(column, seed, result.history)
     config.run_dir().mkdir(parents=True, exist_ok=True)
@@ -293,15 +291,15 @@ def _run_and_record(column: Column, seed: int, config: ExperimentConfig, pool: A
     return record
 
 
-def _train_teacher(config: ExperimentConfig, pool: Any, threads: int) -> None:
+def _train_teacher(config: ExperimentConfig, pool: Any) -> None:
+    """Train the one teacher of ``config`` into the pool (without sending the model back to the parent)."""
     from mkdlab.experiment import load_teachers
 
-    torch.set_num_threads(threads)
     load_teachers(config, pool, verbose=False)
 
 
-def _teacher_jobs(configs: Iterable[ExperimentConfig], pool: Any) -> list[ExperimentConfig]:
-    """One single-teacher config per distinct pool teacher the runs need that the pool does not hold yet."""
+def _teacher_jobs(configs: Iterable[ExperimentConfig], pool: Any) -> dict[str, ExperimentConfig]:
+    """Pool name → a single-teacher config, for each distinct teacher the runs need that the pool does not hold."""
     from mkdlab.teachers import TeacherPool, entry_name
 
     pool = pool or TeacherPool()
@@ -315,7 +313,7 @@ def _teacher_jobs(configs: Iterable[ExperimentConfig], pool: Any) -> list[Experi
             if name not in pool and name not in wanted:
                 wanted[name] = dataclasses.replace(config, teachers=dataclasses.replace(
                     teachers, arch=[arch], seeds=[seed]))
-    return list(wanted.values())
+    return wanted
 
 
 def _run_in_parallel(pending: Sequence[tuple[Column, int, ExperimentConfig]], jobs: int, pool: Any,
@@ -331,14 +329,15 @@ def _run_in_parallel(pending: Sequence[tuple[Column, int, ExperimentConfig]], jo
 
     threads = max(1, (os.cpu_count() or 1) // jobs)
     failures: list[str] = []
-    with ProcessPoolExecutor(max_workers=jobs, mp_context=multiprocessing.get_context("spawn")) as executor:
+    with ProcessPoolExecutor(max_workers=jobs, mp_context=multiprocessing.get_context("spawn"),
+                             initializer=torch.set_num_threads, initargs=(threads,)) as executor:
         teachers = _teacher_jobs((config for _, _, config in pending), pool)
-        futures = {executor.submit(_train_teacher, config, pool, threads): f"teacher {config.teachers.arch[0]} "
-                   f"seed {config.teachers.seeds[0]}" for config in teachers if config.teachers is not None}
+        futures = {executor.submit(_train_teacher, config, pool): f"teacher {name}"
+                   for name, config in teachers.items()}
         _collect(futures, failures, verbose)
         if failures:
             raise StudyRunError(f"training the teachers failed: {'; '.join(failures)}")
-        futures = {executor.submit(_run_and_record, column, seed, config, pool, record_extras, False, threads):
+        futures = {executor.submit(_run_and_record, column, seed, config, pool, record_extras, False):
                    f"{column.label} seed {seed}" for column, seed, config in pending}
         _collect(futures, failures, verbose)
     if failures:

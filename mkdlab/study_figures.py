@@ -16,7 +16,7 @@ from matplotlib.figure import Figure
 
 from mkdlab.engine.checkpoint import load_safely
 from mkdlab.engine.loggers import read_history
-from mkdlab.study import ColumnSummary, RunRecord, StudyRow, run_dir
+from mkdlab.study import ColumnSummary, RunRecord, StudyRow, in_column_order, run_dir, summarize
 from mkdlab.viz import plot_accuracy_curves, plot_weight_distributions, save_figure
 
 #: the test-set classes whose first image the Grad-CAM grid shows (Fashion-MNIST: T-shirt, dress, sneaker, boot).
@@ -108,9 +108,11 @@ def plot_cost(summaries: Sequence[ColumnSummary], records: Sequence[RunRecord]) 
     return fig
 
 
-def write_figures(row: StudyRow, summaries: Sequence[ColumnSummary], records: Sequence[RunRecord],
-                  out: str | Path, figures: str | Path, seed: int = 0) -> list[Path]:
-    """Every figure above as ``<figures>/<row>_{accuracy,weights,gradcam,cost}.png``; returns the paths."""
+def write_figures(row: StudyRow, records: Sequence[RunRecord], out: str | Path, figures: str | Path,
+                  seed: int = 0) -> list[Path]:
+    """Every figure above, for the columns of ``records``, as ``<figures>/<row>_{accuracy,weights,gradcam,cost}.png``;
+    returns the paths."""
+    summaries = summarize(in_column_order(row, records), row.paper)
     labels = [s.label for s in summaries]
     drawn = {"accuracy": plot_accuracy(row, summaries, out, seed),
              "weights": plot_teacher_weights(row, out, seed, labels),

@@ -145,16 +145,20 @@ def test_runner_skips_finished_runs_and_resumes_an_interrupted_one(tmp_path, mon
     assert rows[0]["label"] == "ce" and float(rows[0]["best_mean"]) == pytest.approx(resumed.best_top1)
 
 
+def tiny_row_with_teachers(methods: list[str], steps: int) -> StudyRow:
+    """A study row of ``methods`` on two 3-step resnet8 teachers and a ``steps``-step resnet8 student (CPU)."""
+    base = load_config({"name": "tiny", "student": "resnet8", "data": {"dataset": "fashion_mnist_mini"},
+                        "teachers": {"arch": "resnet8", "seeds": [0, 1], "epochs": 1, "max_steps": 3},
+                        "train": {"epochs": 1, "max_steps": steps, "device": "cpu", "log_every_steps": 0}})
+    return StudyRow("tiny", "test", base, [Column(m, MethodConfig(m)) for m in methods])
+
+
 def test_parallel_runner_trains_each_teacher_once_and_matches_the_sequential_runs(tmp_path, monkeypatch):
     import torch
 
     from mkdlab.teachers import TeacherPool
 
-    base = load_config({"name": "tiny", "student": "resnet8", "data": {"dataset": "fashion_mnist_mini"},
-                        "teachers": {"arch": "resnet8", "seeds": [0, 1], "epochs": 1, "max_steps": 3},
-                        "train": {"epochs": 1, "max_steps": 4, "device": "cpu", "log_every_steps": 0}})
-    row = StudyRow("tiny", "test", base, [Column("ce", MethodConfig("ce")), Column("kd", MethodConfig("kd")),
-                                          Column("aver_kd", MethodConfig("aver_kd"))])
+    row = tiny_row_with_teachers(["ce", "kd", "aver_kd"], steps=4)
     monkeypatch.setattr("os.cpu_count", lambda: 2)  # one thread per worker, as below for the sequential runs
     parallel = run_study(row, [0, 1], out=tmp_path / "parallel", pool=TeacherPool(tmp_path / "pool"),
                          verbose=False, jobs=2)
@@ -191,19 +195,14 @@ def test_study_figures_are_drawn_from_the_runs_on_disk(tmp_path):
     import matplotlib
 
     matplotlib.use("Agg")
-    from mkdlab.study import in_column_order
     from mkdlab.study_figures import plot_teacher_weights, write_figures
     from mkdlab.teachers import TeacherPool
 
-    base = load_config({"name": "tiny", "student": "resnet8", "data": {"dataset": "fashion_mnist_mini"},
-                        "teachers": {"arch": "resnet8", "seeds": [0, 1], "epochs": 1, "max_steps": 3},
-                        "train": {"epochs": 1, "max_steps": 3, "device": "cpu", "log_every_steps": 0}})
-    row = StudyRow("tiny", "test", base, [Column("ce", MethodConfig("ce")), Column("aver_kd", MethodConfig("aver_kd")),
-                                          Column("ebkd", MethodConfig("ebkd"))])
+    row = tiny_row_with_teachers(["ce", "aver_kd", "ebkd"], steps=3)
     records = run_study(row, [0], out=tmp_path / "runs", pool=TeacherPool(tmp_path / "pool"), verbose=False,
                         record_extras=True)
     weights = plot_teacher_weights(row, tmp_path / "runs")
     assert [ax.get_title() for ax in weights.axes] == ["ebkd"]  # AVER-KD's fixed 1/K is left out
-    paths = write_figures(row, summarize(in_column_order(row, records)), records, tmp_path / "runs", tmp_path / "fig")
+    paths = write_figures(row, records, tmp_path / "runs", tmp_path / "fig")
     assert [p.name for p in paths] == [f"tiny_{n}.png" for n in ("accuracy", "weights", "gradcam", "cost")]
     assert all(p.stat().st_size > 5_000 for p in paths)
