@@ -25,8 +25,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_help()
         return 2
     from mkdlab.data import DatasetNotFoundError
-    from mkdlab.engine.checkpoint import CheckpointError
     from mkdlab.engine.trainer import NonFiniteLossError, TrainingInterrupted
+    from mkdlab.storage import CheckpointError
     from mkdlab.study import StudyRunError
     from mkdlab.teachers import TeacherPoolError
 

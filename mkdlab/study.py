@@ -38,7 +38,7 @@ from mkdlab.config import (
     read_preset,
     validate,
 )
-from mkdlab.engine.checkpoint import save_atomic_text
+from mkdlab.storage import save_atomic_text
 from mkdlab.typed import ConfigError
 
 STUDY_PACKAGE = "mkdlab.studies"

@@ -14,8 +14,8 @@ import matplotlib.pyplot as plt
 import torch
 from matplotlib.figure import Figure
 
-from mkdlab.engine.checkpoint import load_safely
 from mkdlab.engine.loggers import read_history
+from mkdlab.storage import load_safely
 from mkdlab.study import ColumnSummary, RunRecord, StudyRow, in_column_order, run_dir, summarize
 from mkdlab.viz import plot_accuracy_curves, plot_weight_distributions, save_figure
 

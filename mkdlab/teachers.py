@@ -22,7 +22,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from mkdlab.engine.checkpoint import load_safely, save_atomic, save_atomic_text
+from mkdlab.storage import load_safely, save_atomic, save_atomic_text
 
 try:
     import fcntl

@@ -13,11 +13,11 @@ from torch import nn
 
 from mkdlab.config import TrainConfig
 from mkdlab.data import DeviceLoader
-from mkdlab.engine import CheckpointError, NonFiniteLossError, Trainer, TrainingInterrupted, lr_factor
-from mkdlab.engine.checkpoint import load_safely, save_atomic
+from mkdlab.engine import NonFiniteLossError, Trainer, TrainingInterrupted, lr_factor
 from mkdlab.engine.schedule import scale_milestones
 from mkdlab.methods.ce import CrossEntropy
 from mkdlab.methods.kd import KD
+from mkdlab.storage import CheckpointError, load_safely, save_atomic
 
 N, CLASSES, BATCH = 96, 4, 32  # 3 steps per epoch
 

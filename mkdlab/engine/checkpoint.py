@@ -1,77 +1,21 @@
-"""Atomic, safely loaded checkpoints.
+"""The trainer's run checkpoints: their format marker, version and strict loading into a module.
 
-Writing: the state goes to a temporary file in the same directory, is flushed to disk, then renamed over the
-target (``os.replace`` is atomic on POSIX and Windows), so a crash during a save leaves the previous checkpoint
-intact. Reading: ``torch.load(..., weights_only=True)`` only rebuilds tensors and plain containers, so a crafted
-file cannot run code; a corrupt or foreign file gives a :class:`CheckpointError` that names the file and says what
-is wrong.
+Writing and reading go through :mod:`mkdlab.storage` (atomic writes, ``weights_only`` loads).
 """
 
 from __future__ import annotations
 
-import os
-import pickle
-import tempfile
-import zipfile
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 import torch
 from torch import nn
 
+from mkdlab.storage import CheckpointError, load_safely
+
 FORMAT = "mkdlab-checkpoint"
 VERSION = 1
-
-
-class CheckpointError(RuntimeError):
-    """A checkpoint cannot be read or does not fit the model it is loaded into."""
-
-
-def _replace_atomically(path: str | Path, write: Callable[[IO[bytes]], None]) -> Path:
-    """Write ``path`` through a temporary file in its folder, flushed to disk, then renamed over it."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            write(handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp_name, path)
-    except BaseException:
-        Path(tmp_name).unlink(missing_ok=True)
-        raise
-    return path
-
-
-def save_atomic(obj: Any, path: str | Path) -> Path:
-    """``torch.save`` to ``path`` through a temporary file and an atomic rename."""
-    return _replace_atomically(path, lambda handle: torch.save(obj, handle))
-
-
-def save_atomic_text(text: str, path: str | Path) -> Path:
-    """Write UTF-8 ``text`` to ``path`` through a temporary file and an atomic rename."""
-    return _replace_atomically(path, lambda handle: handle.write(text.encode("utf-8")))
-
-
-def load_safely(path: str | Path, map_location: str | torch.device = "cpu") -> Any:
-    """``torch.load`` with ``weights_only=True``; every failure becomes a :class:`CheckpointError` naming the file."""
-    path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"checkpoint {path} does not exist")
-    try:
-        return torch.load(path, map_location=map_location, weights_only=True)
-    except pickle.UnpicklingError as err:
-        raise CheckpointError(
-            f"refusing to load {path}: it contains objects other than tensors and plain data, which could run code "
-            f"({str(err).splitlines()[0]}). Only load checkpoints you trust, and re-save them as state dicts."
-        ) from None
-    except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError) as err:
-        raise CheckpointError(
-            f"checkpoint {path} is corrupt or truncated ({type(err).__name__}: {str(err).splitlines()[0]}); "
-            f"delete it, or resume from an older checkpoint"
-        ) from None
 
 
 def load_run_checkpoint(path: str | Path) -> dict[str, Any]:

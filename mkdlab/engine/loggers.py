@@ -28,8 +28,8 @@ from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import IO, Any, Protocol, TypeVar, runtime_checkable
 
-from mkdlab.engine.checkpoint import save_atomic_text
 from mkdlab.engine.visdom_logger import VisdomLogger, VisdomUnavailableWarning
+from mkdlab.storage import save_atomic_text
 
 __all__ = [
     "ConsoleLogger",

@@ -24,17 +24,11 @@ import torch
 from torch import Tensor
 
 from mkdlab.config import TrainConfig
-from mkdlab.engine.checkpoint import (
-    FORMAT,
-    VERSION,
-    CheckpointError,
-    load_run_checkpoint,
-    load_state_strict,
-    save_atomic,
-)
+from mkdlab.engine.checkpoint import FORMAT, VERSION, load_run_checkpoint, load_state_strict
 from mkdlab.engine.schedule import lr_factor, scale_milestones
 from mkdlab.engine.seeding import rng_state, seed_everything, set_rng_state
 from mkdlab.methods.base import Batch, Distiller, StepOutput
+from mkdlab.storage import CheckpointError, save_atomic
 
 LAST = "last.pt"
 BEST_STUDENT = "best_student.pt"

@@ -28,8 +28,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from mkdlab.losses.relational import rkd_angle_loss, rkd_distance_loss
-from mkdlab.methods.base import Batch, Distiller, StepOutput, probe_shapes
+from mkdlab.methods.base import Batch, Distiller, StepOutput
 from mkdlab.methods.registry import register_method
+from mkdlab.models.summary import probe_shapes
 
 if TYPE_CHECKING:
     from mkdlab.engine.trainer import Trainer

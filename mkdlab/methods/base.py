@@ -196,18 +196,3 @@ class Distiller(nn.Module):
     def export_student(self) -> nn.Module:
         """The network to deploy (the student without adapters or teachers)."""
         return self.student
-
-
-@torch.no_grad()
-def probe_shapes(model: nn.Module, image_size: int = 32) -> dict[str, torch.Size]:
-    """Shapes of every named map of a zoo model for a batch of 2 images (to size adapters in ``__init__``).
-
-    The model runs once in eval mode on zeros; its mode is restored.
-    """
-    in_channels = next(m for m in model.modules() if isinstance(m, nn.Conv2d)).in_channels
-    device = next(model.parameters()).device
-    was_training = model.training
-    model.eval()
-    maps = model.forward_features(torch.zeros(2, in_channels, image_size, image_size, device=device))
-    model.train(was_training)
-    return {name: value.shape for name, value in maps.items()}

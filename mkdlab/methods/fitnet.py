@@ -12,8 +12,9 @@ from torch import nn
 from mkdlab.losses.divergences import kd_loss
 from mkdlab.losses.features import hint_loss
 from mkdlab.methods.adapters import ConvReg
-from mkdlab.methods.base import Batch, Distiller, StepOutput, probe_shapes
+from mkdlab.methods.base import Batch, Distiller, StepOutput
 from mkdlab.methods.registry import register_method
+from mkdlab.models.summary import probe_shapes
 
 
 @dataclass(frozen=True)

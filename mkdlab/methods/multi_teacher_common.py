@@ -16,7 +16,7 @@ import torch
 from torch import Tensor, nn
 
 from mkdlab.methods.adapters import ConvReg
-from mkdlab.methods.base import probe_shapes
+from mkdlab.models.summary import probe_shapes
 
 _HALF = (torch.float16, torch.bfloat16)
 

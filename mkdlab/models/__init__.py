@@ -23,7 +23,7 @@ from mkdlab.models.registry import available_models, canonical_name, create, reg
 from mkdlab.models.resnet import ResNet
 from mkdlab.models.resnet18 import ResNet18
 from mkdlab.models.shufflenet import ShuffleNetV1, ShuffleNetV2
-from mkdlab.models.summary import count_flops, count_parameters, zoo_table
+from mkdlab.models.summary import count_flops, count_parameters, probe_shapes, zoo_table
 from mkdlab.models.vgg import VGG
 from mkdlab.models.wrn import WideResNet
 
@@ -42,6 +42,7 @@ __all__ = [
     "count_parameters",
     "create",
     "load_external_checkpoint",
+    "probe_shapes",
     "register_model",
     "zoo_table",
 ]

@@ -29,8 +29,8 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
-from mkdlab.methods.base import probe_shapes
 from mkdlab.models.common import ZooModel, projection
+from mkdlab.models.summary import probe_shapes
 
 
 def conv_bn_relu(in_channels: int, out_channels: int) -> nn.Sequential:

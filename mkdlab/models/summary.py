@@ -1,4 +1,4 @@
-"""Parameter counts, multiply-accumulate counts and the zoo table of notebook 00.
+"""Shapes of the named maps, parameter counts, multiply-accumulate counts and the zoo table of notebook 00.
 
 Costs are reported in **MACs** (multiply-accumulates), the unit of the distillation papers' "FLOPs" columns:
 :func:`count_flops` runs one forward pass under :class:`torch.utils.flop_counter.FlopCounterMode`, which counts
@@ -16,6 +16,21 @@ from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
 from mkdlab.models.registry import available_models, create
+
+
+@torch.no_grad()
+def probe_shapes(model: nn.Module, image_size: int = 32) -> dict[str, torch.Size]:
+    """Shapes of every named map of a zoo model for a batch of 2 images (to size adapters in ``__init__``).
+
+    The model runs once in eval mode on zeros; its mode is restored.
+    """
+    in_channels = next(m for m in model.modules() if isinstance(m, nn.Conv2d)).in_channels
+    device = next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    maps = model.forward_features(torch.zeros(2, in_channels, image_size, image_size, device=device))
+    model.train(was_training)
+    return {name: value.shape for name, value in maps.items()}
 
 
 def count_parameters(model: nn.Module, trainable_only: bool = False) -> int:

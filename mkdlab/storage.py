@@ -1,0 +1,70 @@
+"""Files written atomically and read safely: what every layer that stores state uses.
+
+Writing: the content goes to a temporary file in the same directory, is flushed to disk, then renamed over the
+target (``os.replace`` is atomic on POSIX and Windows), so a crash during a save leaves the previous file intact.
+Reading: ``torch.load(..., weights_only=True)`` only rebuilds tensors and plain containers, so a crafted file
+cannot run code; a corrupt, foreign or code-carrying file gives a :class:`CheckpointError` that names the file and
+says what is wrong.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import tempfile
+import zipfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import IO, Any
+
+import torch
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint cannot be read or does not fit the model it is loaded into."""
+
+
+def _replace_atomically(path: str | Path, write: Callable[[IO[bytes]], None]) -> Path:
+    """Write ``path`` through a temporary file in its folder, flushed to disk, then renamed over it."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            write(handle)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp_name, path)
+    except BaseException:
+        Path(tmp_name).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def save_atomic(obj: Any, path: str | Path) -> Path:
+    """``torch.save`` to ``path`` through a temporary file and an atomic rename."""
+    return _replace_atomically(path, lambda handle: torch.save(obj, handle))
+
+
+def save_atomic_text(text: str, path: str | Path) -> Path:
+    """Write UTF-8 ``text`` to ``path`` through a temporary file and an atomic rename."""
+    return _replace_atomically(path, lambda handle: handle.write(text.encode("utf-8")))
+
+
+def load_safely(path: str | Path, map_location: str | torch.device = "cpu") -> Any:
+    """``torch.load`` with ``weights_only=True``; every failure becomes a :class:`CheckpointError` naming the file."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint {path} does not exist")
+    try:
+        return torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as err:
+        raise CheckpointError(
+            f"refusing to load {path}: it contains objects other than tensors and plain data, which could run code "
+            f"({str(err).splitlines()[0]}). Only load checkpoints you trust, and re-save them as state dicts."
+        ) from None
+    except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError) as err:
+        raise CheckpointError(
+            f"checkpoint {path} is corrupt or truncated ({type(err).__name__}: {str(err).splitlines()[0]}); "
+            f"delete it, or resume from an older checkpoint"
+        ) from None
