@@ -23,13 +23,15 @@ from typing import Any
 import torch
 
 from mkdlab.data import dataset_info, make_loaders
-from mkdlab.engine.trainer import Trainer, resolve_device
+from mkdlab.engine.device import resolve_device
+from mkdlab.engine.trainer import Trainer
 from mkdlab.experiment import build_method
+from mkdlab.methods.base import TrainingHooks, TrainState
 from mkdlab.models import create
 from mkdlab.study import StudyRow, load_study, run_config
 
 
-class _Clock:
+class _Clock(TrainingHooks):
     """Trainer callback: synchronise and read the clock after the warm-up step and after the last step."""
 
     def __init__(self, warmup: int, last: int, device: torch.device) -> None:
@@ -41,10 +43,10 @@ class _Clock:
             torch.cuda.synchronize(self.device)
         return time.perf_counter()
 
-    def after_step(self, trainer: Trainer, batch: Any, output: Any) -> None:
-        if trainer.global_step + 1 == self.warmup:
+    def after_step(self, state: TrainState, batch: Any, output: Any) -> None:
+        if state.global_step + 1 == self.warmup:
             self.start = self._now()
-        elif trainer.global_step + 1 == self.last:
+        elif state.global_step + 1 == self.last:
             self.end = self._now()
 
 

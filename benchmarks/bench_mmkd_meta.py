@@ -23,7 +23,8 @@ from typing import Any
 import torch
 
 from mkdlab.config import TrainConfig
-from mkdlab.engine.trainer import Trainer, resolve_device
+from mkdlab.engine.device import resolve_device
+from mkdlab.engine.trainer import Trainer
 from mkdlab.methods.base import Batch
 from mkdlab.methods.mmkd import MMKD, MMKDParams
 from mkdlab.models import create

@@ -27,8 +27,10 @@ from torch.utils.data import DataLoader
 
 from mkdlab.config import TrainConfig
 from mkdlab.data import dataset_info, get_dataset, make_loaders
-from mkdlab.engine.trainer import Trainer, resolve_device
+from mkdlab.engine.device import resolve_device
+from mkdlab.engine.trainer import Trainer
 from mkdlab.losses import kd_loss
+from mkdlab.methods.base import TrainingHooks, TrainState
 from mkdlab.methods.ensemble import TeacherEnsemble
 from mkdlab.methods.kd import AverKD
 from mkdlab.models import create
@@ -91,17 +93,17 @@ def reference_images_per_second(teacher: str, student: str, k: int, batch_size: 
     return batch_size / _timed(step, steps, warmup, device)
 
 
-class _StepClock:
+class _StepClock(TrainingHooks):
     """Trainer callback that timestamps steps after a warm-up."""
 
     def __init__(self, warmup: int, device: torch.device) -> None:
         self.warmup, self.device, self.start, self.end, self.timed = warmup, device, 0.0, 0.0, 0
 
-    def after_step(self, trainer: Trainer, batch: Any, output: Any) -> None:
-        if trainer.global_step + 1 == self.warmup:
+    def after_step(self, state: TrainState, batch: Any, output: Any) -> None:
+        if state.global_step + 1 == self.warmup:
             _synchronize(self.device)
             self.start = time.perf_counter()
-        elif trainer.global_step + 1 > self.warmup:
+        elif state.global_step + 1 > self.warmup:
             self.timed += 1
             _synchronize(self.device)
             self.end = time.perf_counter()

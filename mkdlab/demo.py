@@ -19,7 +19,7 @@ import matplotlib.pyplot as plt
 
 from mkdlab.config import ExperimentConfig, MethodConfig, load_config
 from mkdlab.data import make_loaders
-from mkdlab.engine.trainer import resolve_device
+from mkdlab.engine.device import resolve_device
 from mkdlab.evaluation import ensemble_accuracy
 from mkdlab.experiment import load_teachers, run_experiment
 from mkdlab.methods.registry import get_method

@@ -12,7 +12,9 @@ from torch import Tensor, nn
 from mkdlab.config import ExperimentConfig, load_config
 from mkdlab.data import dataset_info, make_loaders
 from mkdlab.engine.checkpoint import load_state_strict
-from mkdlab.engine.trainer import BEST_STUDENT, evaluate_model, resolve_device
+from mkdlab.engine.device import resolve_device
+from mkdlab.engine.evaluation import evaluate_model
+from mkdlab.engine.trainer import BEST_STUDENT
 from mkdlab.methods.base import Batch
 from mkdlab.models import create
 from mkdlab.storage import load_safely

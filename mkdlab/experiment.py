@@ -14,9 +14,10 @@ from torch import nn
 
 from mkdlab.config import ExperimentConfig, MethodConfig, dump_config, method_params
 from mkdlab.data import dataset_info, make_loaders
+from mkdlab.engine.device import resolve_device
 from mkdlab.engine.loggers import make_loggers, progress
 from mkdlab.engine.seeding import seed_everything
-from mkdlab.engine.trainer import FitResult, Trainer, resolve_device
+from mkdlab.engine.trainer import FitResult, Trainer
 from mkdlab.methods.base import Distiller
 from mkdlab.methods.registry import get_method
 from mkdlab.models import create
@@ -92,7 +93,7 @@ def _fit(config: ExperimentConfig, teachers: Sequence[nn.Module], *, verbose: bo
     loggers = make_loggers(run_dir, console=verbose, visdom=config.output.visdom,
                            visdom_port=config.output.visdom_port, run_name=config.name,
                            total_epochs=config.train.epochs)
-    trainer = Trainer(method, train_loader, test_loader, config.train, run_dir=run_dir, loggers=loggers,
+    trainer = Trainer(method, train_loader, test_loader, config.train, run_dir=run_dir, callbacks=loggers,
                       experiment=to_dict(config), record_extras=record_extras,
                       progress=progress if verbose else None)
     result = trainer.fit(resume=resume)

@@ -165,7 +165,7 @@ def test_adapter_optimiser_trains_theta_w_in_phase_one_then_they_are_frozen():
     method = make(adapter_epochs=1)
     trainer = trainer_for(method, epochs=2)
     theta0, w0 = snapshot(method)
-    trainer.method.on_train_start(trainer)
+    trainer.method.on_train_start(trainer.state)
     trainer._train_epoch()  # epoch 0: the adapter phase, two steps
     theta1, w1 = snapshot(method)
     assert not torch.equal(theta0, theta1) and not torch.equal(w0, w1)
@@ -174,7 +174,7 @@ def test_adapter_optimiser_trains_theta_w_in_phase_one_then_they_are_frozen():
     assert not method.theta.requires_grad and not method.w.requires_grad
     trainer._train_epoch()
     assert torch.equal(theta1, method.theta.detach()) and torch.equal(w1, method.w.detach())
-    out = method.forward_train(batch(), trainer.epoch)
+    out = method.forward_train(batch(), trainer.state.epoch)
     assert "reg" not in out.losses
 
 
@@ -207,7 +207,7 @@ def test_teacher_level_phase_two_uses_the_frozen_batch_mean_importances():
 def test_resume_after_the_phase_switch_restores_theta_w_and_the_adapter_optimiser(tmp_path):
     method = make(adapter_epochs=1)
     trainer = trainer_for(method, epochs=3, run_dir=tmp_path)
-    trainer.method.on_train_start(trainer)
+    trainer.method.on_train_start(trainer.state)
     for _ in range(2):  # adapter epoch, then one frozen epoch; "killed" here (last.pt written at the epoch end)
         trainer._train_epoch()
         trainer._end_epoch()
@@ -218,7 +218,7 @@ def test_resume_after_the_phase_switch_restores_theta_w_and_the_adapter_optimise
     assert resumed.theta.requires_grad
     other = trainer_for(resumed, epochs=3, run_dir=tmp_path)
     other.fit(resume=True)
-    assert other.epoch == 3
+    assert other.state.epoch == 3
     torch.testing.assert_close(resumed.theta.detach(), theta, rtol=0, atol=0)
     torch.testing.assert_close(resumed.w.detach(), w, rtol=0, atol=0)
     assert not resumed.theta.requires_grad and not resumed.w.requires_grad

@@ -156,10 +156,10 @@ def test_cosine_and_linear_alpha_at_the_first_middle_and_last_epoch():
 def test_the_schedule_length_comes_from_the_run_or_the_params():
     dtskd = method(alpha_schedule="linear")
     assert dtskd.alpha_at(0) == pytest.approx(1 - 0.8 / 300)  # no run yet: the paper's E
-    dtskd.on_train_start(SimpleNamespace(config=TrainConfig(epochs=30)))
+    dtskd.on_train_start(SimpleNamespace(total_epochs=30))
     assert dtskd.alpha_at(14) == pytest.approx(0.6)
     fixed = method(alpha_schedule="linear", epochs=10)
-    fixed.on_train_start(SimpleNamespace(config=TrainConfig(epochs=30)))
+    fixed.on_train_start(SimpleNamespace(total_epochs=30))
     assert fixed.alpha_at(9) == pytest.approx(0.2)
 
 
@@ -246,7 +246,7 @@ def test_memory_is_written_at_the_sample_indices_and_only_there():
     assert dtskd.memory.dtype == torch.float32
 
     # the next visit of these samples learns from that history: the targets are no longer one-hot
-    dtskd.on_train_start(SimpleNamespace(config=TrainConfig(epochs=4)))
+    dtskd.on_train_start(SimpleNamespace(total_epochs=4))
     hist = dtskd.forward_train(b, epoch=2).losses["hist"]
     outputs, rows = dtskd.outputs(b.images), dtskd.memory[:, b.indices]
     with_history = reference_hist(outputs, b.labels, rows, torch.ones(B, dtype=torch.bool), cosine_alpha(2, 4),

@@ -459,7 +459,7 @@ def test_training_through_the_trainer_with_a_kill_and_resume_is_bit_exact(tmp_pa
     resumed = run(tmp_path)
     assert len(resumed.method.hard_buffer) == 0
     resumed.fit(resume=True)
-    assert resumed.global_step == reference.global_step == 12
+    assert resumed.state.global_step == reference.state.global_step == 12
     for key, value in reference.method.state_dict().items():  # student, embeds, weight nets and the hard buffer
         assert torch.equal(value, resumed.method.state_dict()[key]), key
     meta, resumed_meta = (t.extra_optimizers["meta"].state_dict()["state"] for t in (reference, resumed))
@@ -482,9 +482,9 @@ def test_presets_train_two_steps_on_the_data(name):
     phi = [p.detach().clone() for p in method.weight_net_parameters()]
     trainer = Trainer(method, train_loader, None, config.train, record_extras=True)
     trainer.fit()
-    assert trainer.global_step == 2 and len(method.hard_buffer) == 128
+    assert trainer.state.global_step == 2 and len(method.hard_buffer) == 128
     assert all(not torch.equal(a, p) for a, p in zip(phi, method.weight_net_parameters(), strict=True))
-    weights = trainer.epoch_extras[-1]["teacher_weights"]
+    weights = trainer.extras.rows[-1]["teacher_weights"]
     assert weights.shape == (64, 3)
     torch.testing.assert_close(weights.sum(1), torch.ones(64))
 

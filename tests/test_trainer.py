@@ -100,7 +100,7 @@ def test_resume_after_a_kill_equals_an_uninterrupted_run(tmp_path, stop_step):
     interrupted = make_trainer(tmp_path, callbacks=[StopAt(stop_step)])
     with pytest.raises(TrainingInterrupted, match="resume"):
         interrupted.fit()
-    assert interrupted.global_step == stop_step
+    assert interrupted.state.global_step == stop_step
 
     resumed = make_trainer(tmp_path)
     result = resumed.fit(resume=True)
@@ -124,7 +124,7 @@ def test_sigterm_saves_a_checkpoint_and_stops(tmp_path):
 def test_step_budget_stops_exactly(tmp_path):
     trainer = make_trainer(tmp_path, max_steps=4, epochs=10)
     result = trainer.fit()
-    assert trainer.global_step == 4 and len(result.history) == 2
+    assert trainer.state.global_step == 4 and len(result.history) == 2
     assert (tmp_path / "best_student.pt").exists()
 
 

@@ -1,5 +1,7 @@
 """The training engine: one loop (:class:`Trainer`), schedules, checkpoints, seeding and loggers."""
 
+from mkdlab.engine.device import resolve_device
+from mkdlab.engine.evaluation import accuracy_counts, evaluate_model
 from mkdlab.engine.schedule import lr_factor, scale_milestones
 from mkdlab.engine.seeding import seed_everything
 from mkdlab.engine.trainer import (
@@ -7,11 +9,12 @@ from mkdlab.engine.trainer import (
     NonFiniteLossError,
     Trainer,
     TrainingInterrupted,
-    resolve_device,
 )
 
 __all__ = [
     "FitResult",
+    "accuracy_counts",
+    "evaluate_model",
     "NonFiniteLossError",
     "Trainer",
     "TrainingInterrupted",

@@ -1,6 +1,7 @@
 """Training loggers: JSON-lines/CSV history, a compact console line, optional visdom plots.
 
-The trainer talks to every logger through the :class:`Logger` protocol::
+Every logger is a :class:`~mkdlab.engine.logger_base.Logger`: the trainer calls it through the training hooks,
+and it can be used on its own::
 
     loggers = make_loggers(run_dir, visdom=True, run_name="dtskd-resnet18")
     for logger in loggers:
@@ -26,9 +27,11 @@ import os
 import sys
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
-from typing import IO, Any, Protocol, TypeVar, runtime_checkable
+from typing import IO, Any, TypeVar
 
+from mkdlab.engine.logger_base import Logger
 from mkdlab.engine.visdom_logger import VisdomLogger, VisdomUnavailableWarning
+from mkdlab.methods.base import TrainState
 from mkdlab.storage import save_atomic_text
 
 __all__ = [
@@ -47,20 +50,6 @@ HISTORY_JSONL = "history.jsonl"
 HISTORY_CSV = "history.csv"
 STEPS_JSONL = "steps.jsonl"
 
-
-
-@runtime_checkable
-class Logger(Protocol):
-    """What the trainer calls on every logger."""
-
-    def log_step(self, step: int, metrics: Mapping[str, float]) -> None:
-        """Record per-step metrics (loss terms, lr) every N optimiser steps."""
-
-    def log_epoch(self, epoch: int, record: Mapping[str, float | int | str]) -> None:
-        """Record one history row at the end of an epoch."""
-
-    def close(self) -> None:
-        """Flush and release resources; further calls may be ignored."""
 
 
 def _json_default(value: Any) -> Any:
@@ -123,7 +112,7 @@ def _as_int(value: Any) -> int | None:
         return None
 
 
-class JsonlLogger:
+class JsonlLogger(Logger):
     """Append-only run history on disk.
 
     * ``history.jsonl``: one JSON object per epoch (``{"epoch": e, **record}``), flushed at once;
@@ -240,6 +229,10 @@ class JsonlLogger:
         self._drop_steps(keep_step)
         return removed
 
+    def on_resume(self, state: TrainState) -> None:
+        """A run resumed at ``state.epoch``: drop the history rows of later epochs (an older checkpoint)."""
+        self.truncate_after_epoch(state.epoch)
+
     def _close_files(self) -> None:
         for name in ("_history_fh", "_steps_fh"):
             fh = getattr(self, name)
@@ -266,7 +259,7 @@ def _fmt(value: Any, spec: str) -> str:
     return str(value)
 
 
-class ConsoleLogger:
+class ConsoleLogger(Logger):
     """One compact line per epoch, e.g.
     ``epoch 3/30  loss 1.234  top1 71.2  best 71.9  lr 0.05  312 img/s``; nothing per step.
 

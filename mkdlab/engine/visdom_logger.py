@@ -22,6 +22,8 @@ from collections.abc import Iterator, Mapping
 from typing import Any
 from urllib.parse import urlsplit
 
+from mkdlab.engine.logger_base import Logger
+
 __all__ = ["VisdomLogger", "VisdomUnavailableWarning", "probe_http"]
 
 _SPLITS = frozenset({"train", "test", "val"})
@@ -136,7 +138,7 @@ def _make_client(
 _STOP = object()
 
 
-class VisdomLogger:
+class VisdomLogger(Logger):
     """Live line plots in a visdom server; a no-op when the server cannot be used.
 
     Windows (ids prefixed by ``run_name`` when given): per epoch, one window per metric, with

@@ -21,19 +21,16 @@ channel-normalised 1×1 maps, the two-phase split expressed in epochs of the run
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Literal
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from mkdlab.losses.relational import rkd_angle_loss, rkd_distance_loss
-from mkdlab.methods.base import Batch, Distiller, StepOutput
+from mkdlab.methods.base import Batch, Distiller, StepOutput, TrainState
 from mkdlab.methods.registry import register_method
 from mkdlab.models.summary import probe_shapes
-
-if TYPE_CHECKING:
-    from mkdlab.engine.trainer import Trainer
 
 
 @dataclass(frozen=True)
@@ -187,7 +184,6 @@ class AMTMLKD(Distiller):
             convs.append(conv)
         self.hint_convs = nn.ModuleList(convs)
         self._adapter_optimizer: torch.optim.SGD | None = None
-        self._grad_scale: float | None = None
 
     # -- phases --------------------------------------------------------------------------------------------------
     def in_adapter_phase(self, epoch: int) -> bool:
@@ -224,34 +220,33 @@ class AMTMLKD(Distiller):
         return {"adapter": self._adapter_optimizer}
 
     # -- hooks ---------------------------------------------------------------------------------------------------
-    def on_train_start(self, trainer: Trainer) -> None:
-        self.set_phase(trainer.epoch)
+    def on_train_start(self, state: TrainState) -> None:
+        self.set_phase(state.epoch)
 
-    def before_step(self, trainer: Trainer, batch: Batch) -> None:
-        self.set_phase(trainer.epoch)
-        self._grad_scale = trainer.scaler.get_scale() if trainer.scaler.is_enabled() else None
+    def before_step(self, state: TrainState, batch: Batch) -> None:
+        self.set_phase(state.epoch)
 
-    def after_step(self, trainer: Trainer, batch: Batch, output: StepOutput) -> None:
+    def after_step(self, state: TrainState, batch: Batch, output: StepOutput) -> None:
         """Adapter phase: step Θ, W with their own SGD (unscaling fp16 gradients), then zero their gradients."""
-        if not self.in_adapter_phase(trainer.epoch):
+        if not self.in_adapter_phase(state.epoch):
             return
         optimizer = self.extra_optimizers()["adapter"]
         for group in optimizer.param_groups:
-            group["lr"] = self.adapter_lr_at(trainer.epoch)
+            group["lr"] = self.adapter_lr_at(state.epoch)
         grads = [p.grad for p in (self.theta, self.w) if p.grad is not None]
         finite = all(torch.isfinite(g).all() for g in grads)
         if grads and finite:
-            if self._grad_scale:
+            if state.grad_scale:
                 for g in grads:
-                    g.div_(self._grad_scale)
+                    g.div_(state.grad_scale)
             optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         if "teacher_weights" in output.extras:
             self.teacher_level_weights.copy_(output.extras["teacher_weights"].float().mean(0))
 
-    def on_epoch_end(self, trainer: Trainer, epoch: int) -> None:
+    def on_epoch_end(self, state: TrainState) -> None:
         """At the end of the adapter phase freeze Θ and W (the regulariser and phase-1 terms switch off)."""
-        self.set_phase(epoch + 1)
+        self.set_phase(state.epoch + 1)
 
     # -- the loss ------------------------------------------------------------------------------------------------
     def importances(self, pooled: Tensor) -> tuple[Tensor, Tensor]:

@@ -7,8 +7,10 @@ this interface:
 * ``forward_train(batch, epoch)`` returns a :class:`StepOutput`: the student logits, a dict of named loss terms
   (the trainer sums them and logs each one) and extras for plots (``"teacher_weights"``: B×K, …);
 * ``forward(x)`` is plain student inference;
-* hooks (``on_train_start``, ``before_step``, ``after_step``, ``on_epoch_end``) let special training (meta steps,
-  per-sample memories, two-phase schedules) plug in without a second copy of the loop;
+* the hooks of :class:`TrainingHooks` (``on_train_start``, ``before_step``, ``after_step``, ``on_epoch_end``, …)
+  let special training (meta steps, per-sample memories, two-phase schedules) plug in without a second copy of the
+  loop. Hooks see a :class:`TrainState` (epoch, step, the main optimiser, the gradient scale), never the trainer;
+  callbacks and loggers receive the same calls;
 * ``parameter_groups()`` and ``extra_optimizers()`` let a method add trainable adapters or its own optimisers.
 
 Teachers are frozen: ``requires_grad=False``, kept in eval mode by :meth:`Distiller.train`, and run without
@@ -17,17 +19,14 @@ autograd.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import Any, ClassVar
 
 import torch
 from torch import Tensor, nn
 
 from mkdlab.methods.ensemble import TeacherEnsemble
-
-if TYPE_CHECKING:
-    from mkdlab.engine.trainer import Trainer
 
 
 @dataclass
@@ -52,11 +51,15 @@ class StepOutput:
 
     ``losses`` maps a term's name to a scalar tensor that already carries its coefficient; the trainer
     back-propagates their sum. ``extras`` holds detached tensors for plots and logs (e.g. ``"teacher_weights"``).
+    ``carry`` holds what the method's own :meth:`~TrainingHooks.after_step` needs from this step (DTSKD's
+    predictions for its memory banks, MMKD's teacher outputs for its hard buffer); the trainer neither logs nor
+    keeps it.
     """
 
     logits: Tensor
     losses: dict[str, Tensor]
     extras: dict[str, Tensor] = field(default_factory=dict)
+    carry: dict[str, Any] = field(default_factory=dict)
 
     def total(self) -> Tensor:
         """The sum of every loss term."""
@@ -73,12 +76,72 @@ class ModelOutputs:
     teacher_maps: list[dict[str, Tensor]] | None = None
 
 
+@dataclass
+class TrainState:
+    """What a method, a callback or a logger may see of the run in progress; the trainer keeps it current.
+
+    ``epoch`` is the 0-based epoch in progress, ``step_in_epoch`` the steps already done in it and ``global_step``
+    the steps done in the run. ``total_epochs`` is the configured run length (``train.epochs``: what schedules
+    scale to, also when a step budget ends the run early). ``optimizer`` is the main SGD; ``grad_scale`` the
+    scale of the loss being back-propagated when fp16 loss scaling is on (``None`` otherwise).
+    """
+
+    total_epochs: int
+    steps_per_epoch: int
+    total_steps: int
+    optimizer: torch.optim.Optimizer
+    epoch: int = 0
+    step_in_epoch: int = 0
+    global_step: int = 0
+    grad_scale: float | None = None
+    stop_requested: bool = False
+
+    def request_stop(self) -> None:
+        """Ask the run to checkpoint and stop at the next step boundary (what SIGINT/SIGTERM do)."""
+        self.stop_requested = True
+
+
+class TrainingHooks:
+    """The one hook surface of a run: the method, every callback and every logger receive these calls, in that
+    order. Each hook is a no-op here; override the ones you need.
+
+    Order within a step: ``before_step`` → forward, backward, optimiser step → ``after_step`` → (every
+    ``train.log_every_steps`` steps) ``on_step_metrics``. At an epoch's end: ``on_epoch_end`` (before evaluation)
+    → evaluation → ``on_epoch_record`` (the history row). ``on_resume`` follows a restored checkpoint,
+    ``on_train_start`` precedes the first step (also after a resume), ``on_train_end`` follows the last.
+    """
+
+    def on_train_start(self, state: TrainState) -> None:
+        """Once before the first step (also after a resume)."""
+
+    def before_step(self, state: TrainState, batch: Batch) -> None:
+        """Before the forward pass of every step."""
+
+    def after_step(self, state: TrainState, batch: Batch, output: StepOutput) -> None:
+        """After the optimiser step; ``state.global_step`` still counts the steps before this one."""
+
+    def on_step_metrics(self, state: TrainState, metrics: Mapping[str, float]) -> None:
+        """Every ``train.log_every_steps`` steps: the loss terms of the step and the lr."""
+
+    def on_epoch_end(self, state: TrainState) -> None:
+        """After the last step of epoch ``state.epoch`` (0-based), before evaluation."""
+
+    def on_epoch_record(self, state: TrainState, record: Mapping[str, Any]) -> None:
+        """The epoch's history row (train losses, test accuracy, timing), after evaluation."""
+
+    def on_resume(self, state: TrainState) -> None:
+        """After a checkpoint was restored; ``state.epoch`` is the epoch the run continues in."""
+
+    def on_train_end(self, state: TrainState) -> None:
+        """After the last step (not when training is interrupted or fails)."""
+
+
 @dataclass(frozen=True)
 class NoParams:
     """Hyper-parameters of a method that has none."""
 
 
-class Distiller(nn.Module):
+class Distiller(nn.Module, TrainingHooks):
     """Base class of every method: a student, frozen teachers and the method's own trainable adapters.
 
     Subclasses set ``Params`` (a dataclass of hyper-parameters, validated from YAML), implement
@@ -100,7 +163,7 @@ class Distiller(nn.Module):
     def __init__(self, student: nn.Module, teachers: Sequence[nn.Module] = (), params: Any = None) -> None:
         super().__init__()
         self.params = self.Params() if params is None else params
-        self._check_teacher_count(len(teachers))
+        self.check_teacher_count(len(teachers))
         self.student = student
         self.teachers = nn.ModuleList(teachers)
         self._ensemble: TeacherEnsemble | None = None
@@ -108,15 +171,17 @@ class Distiller(nn.Module):
             teacher.requires_grad_(False)
             teacher.eval()
 
-    def _check_teacher_count(self, count: int) -> None:
-        expected = {"none": count == 0, "one": count == 1, "many": count >= 1}[self.teachers_required]
+    @classmethod
+    def check_teacher_count(cls, count: int) -> None:
+        """Refuse a number of teachers the method cannot use (its ``teachers_required`` and ``min_teachers``)."""
+        expected = {"none": count == 0, "one": count == 1, "many": count >= 1}[cls.teachers_required]
         if not expected:
             raise ValueError(
-                f"method {self.method_name!r} takes {self.teachers_required} teacher(s), got {count}"
+                f"method {cls.method_name!r} takes {cls.teachers_required} teacher(s), got {count}"
             )
-        if self.teachers_required == "many" and count < self.min_teachers:
-            raise ValueError(f"method {self.method_name!r} weights teachers against each other and needs at least "
-                             f"{'two' if self.min_teachers == 2 else self.min_teachers} teachers, got {count}")
+        if cls.teachers_required == "many" and count < cls.min_teachers:
+            raise ValueError(f"method {cls.method_name!r} weights teachers against each other and needs at least "
+                             f"{'two' if cls.min_teachers == 2 else cls.min_teachers} teachers, got {count}")
 
     # -- modes -------------------------------------------------------------------------------------------------
     def train(self, mode: bool = True) -> Distiller:
@@ -148,25 +213,13 @@ class Distiller(nn.Module):
         """Optimisers the method steps itself (e.g. MMKD's meta-weight Adam); checkpointed by the trainer."""
         return {}
 
-    # -- hooks -------------------------------------------------------------------------------------------------
+    # -- per-sample state ------------------------------------------------------------------------------------
     def bind_train_set(self, num_samples: int) -> None:
         """Told the training-set size before the method moves to its device and before a checkpoint is loaded.
 
         Methods with per-sample state (DTSKD's memory banks) allocate it here as buffers, so that it is saved in
         and restored from checkpoints like any other state.
         """
-
-    def on_train_start(self, trainer: Trainer) -> None:
-        """Called once before the first step (also after a resume)."""
-
-    def before_step(self, trainer: Trainer, batch: Batch) -> None:
-        """Called before ``forward_train`` of every step."""
-
-    def after_step(self, trainer: Trainer, batch: Batch, output: StepOutput) -> None:
-        """Called after the optimiser step."""
-
-    def on_epoch_end(self, trainer: Trainer, epoch: int) -> None:
-        """Called after the last step of ``epoch`` (0-based), before evaluation."""
 
     # -- teachers ----------------------------------------------------------------------------------------------
     @property

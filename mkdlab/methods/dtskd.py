@@ -19,21 +19,18 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Literal
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from mkdlab.methods.base import Batch, Distiller, StepOutput
+from mkdlab.methods.base import Batch, Distiller, StepOutput, TrainState
 from mkdlab.methods.multi_teacher_common import at_least_float32
 from mkdlab.methods.registry import register_method
 from mkdlab.models.branches import MultiBranchNet, TopDownBranches, multi_branch_logits
 from mkdlab.models.common import ZooModel
 from mkdlab.typed import ConfigError
-
-if TYPE_CHECKING:
-    from mkdlab.engine.trainer import Trainer
 
 #: the smoothing constant the official ``KL_Loss`` adds to every target probability.
 EPS = 1e-7
@@ -183,7 +180,6 @@ class DTSKD(Distiller):
         self.register_buffer("memory", torch.zeros(self.num_outputs, 0, num_classes))
         self.register_buffer("seen", torch.zeros(0, dtype=torch.bool))
         self.schedule_epochs = self.params.epochs
-        self._step_probs: tuple[Tensor, Tensor] | None = None
 
     @property
     def num_outputs(self) -> int:
@@ -244,24 +240,20 @@ class DTSKD(Distiller):
         self.seen[indices] = True
 
     # -- hooks ---------------------------------------------------------------------------------------------------
-    def on_train_start(self, trainer: Trainer) -> None:
+    def on_train_start(self, state: TrainState) -> None:
         """Take the α schedule's length from the run, unless ``params.epochs`` fixes it."""
-        self.schedule_epochs = self.params.epochs or trainer.config.epochs
+        self.schedule_epochs = self.params.epochs or state.total_epochs
 
-    def after_step(self, trainer: Trainer, batch: Batch, output: StepOutput) -> None:
-        """Write this step's predictions into the memory banks (not in parity mode)."""
-        if self._step_probs is not None:
-            self.remember(*self._step_probs)
-            self._step_probs = None
+    def after_step(self, state: TrainState, batch: Batch, output: StepOutput) -> None:
+        """Write this step's predictions (``output.carry["probs"]``) into the memory banks (not in parity mode)."""
+        if "probs" in output.carry:
+            self.remember(batch.indices, output.carry["probs"])
 
     # -- the loss ------------------------------------------------------------------------------------------------
     def historical_term(self, batch: Batch, outputs: Sequence[Tensor], epoch: int) -> Tensor:
-        r""":math:`\mathcal L_{hist}` of the batch; keeps the outputs' softmaxes for :meth:`after_step` (unless
-        ``parity``)."""
+        r""":math:`\mathcal L_{hist}` of the batch."""
         memory, seen = self._history(batch.indices)
         targets = historical_targets(batch.labels, memory, seen, self.alpha_at(epoch))
-        if not self.params.parity:
-            self._step_probs = (batch.indices, torch.stack([F.softmax(z.detach().float(), dim=1) for z in outputs]))
         return historical_loss(outputs, targets, self.output_weights)
 
     def forward_train(self, batch: Batch, epoch: int) -> StepOutput:
@@ -269,9 +261,12 @@ class DTSKD(Distiller):
         if p.hskd:
             self._history(batch.indices)  # fail before the forward pass when the banks or indices are missing
         outputs = self.outputs(batch.images)
+        carry = {}
         if p.hskd:
             losses = {"hist": p.ce_weight * self.historical_term(batch, outputs, epoch)}
+            if not p.parity:  # the softmaxes after_step writes into the memory banks
+                carry["probs"] = torch.stack([F.softmax(z.detach().float(), dim=1) for z in outputs])
         else:
             losses = {"ce": p.ce_weight * F.cross_entropy(outputs[0].float(), batch.labels)}
         losses["structural"] = p.kd_weight * structural_loss(outputs, p.temperature, p.detach_structural_teacher)
-        return StepOutput(outputs[0], losses)
+        return StepOutput(outputs[0], losses, carry=carry)

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Literal
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
@@ -23,7 +23,7 @@ from torch.func import functional_call
 
 from mkdlab.losses.divergences import kd_loss
 from mkdlab.methods.adapters import Embed
-from mkdlab.methods.base import Batch, Distiller, StepOutput
+from mkdlab.methods.base import Batch, Distiller, StepOutput, TrainState
 from mkdlab.methods.ca_mkd import resize_to
 from mkdlab.methods.hard_buffer import HardBuffer
 from mkdlab.methods.meta import (
@@ -37,9 +37,6 @@ from mkdlab.methods.meta import (
 )
 from mkdlab.methods.multi_teacher_common import per_sample_mse, tap_shape
 from mkdlab.methods.registry import register_method
-
-if TYPE_CHECKING:
-    from mkdlab.engine.trainer import Trainer
 
 TAP = "penultimate_mmkd"
 #: images of the zoo are 32×32 (the hard buffer's storage is allocated with this size).
@@ -280,7 +277,6 @@ class MMKD(Distiller):
         self.hard_buffer = HardBuffer(p.buffer_size, (in_channels, IMAGE_SIZE, IMAGE_SIZE), teacher_fields) \
             if p.hard_buffer else None
         self._meta_optimizer: torch.optim.Adam | None = None
-        self._step_targets: TeacherTargets | None = None
 
     # -- what the optimisers see -----------------------------------------------------------------------------------
     def weight_net_parameters(self) -> list[nn.Parameter]:
@@ -334,7 +330,7 @@ class MMKD(Distiller):
 
     def forward_train(self, batch: Batch, epoch: int) -> StepOutput:
         p = self.params
-        targets = self._step_targets = self.teacher_targets(batch.images)  # reused by after_step
+        targets = self.teacher_targets(batch.images)
         logits, feature_map, embedded = self.student_view()(batch.images)
         with torch.no_grad():
             logit_weights, feature_weights = self.teacher_weights(logits, feature_map, targets)
@@ -345,7 +341,8 @@ class MMKD(Distiller):
             "kd": p.kd_weight * (logit_weights.T * kd).sum() / batch_size,
             "feat": p.feat_weight * (feature_weights.T * mse).sum() / batch_size,
         }
-        return StepOutput(logits, losses, {"teacher_weights": logit_weights, "feature_weights": feature_weights})
+        return StepOutput(logits, losses, {"teacher_weights": logit_weights, "feature_weights": feature_weights},
+                          carry={"targets": targets})  # after_step's meta batch and hard buffer reuse them
 
     # -- the meta update -------------------------------------------------------------------------------------------
     def _inner_grad_fn(self, kind: StepKind, images: Tensor, labels: Tensor, targets: TeacherTargets,
@@ -471,14 +468,15 @@ class MMKD(Distiller):
         return {"teacher_logits": targets.logits.transpose(0, 1),
                 **{f"teacher_map_{i}": m for i, m in enumerate(targets.raw_maps)}}
 
-    def after_step(self, trainer: Trainer, batch: Batch, output: StepOutput) -> None:
+    def after_step(self, state: TrainState, batch: Batch, output: StepOutput) -> None:
         """Meta update after the batches 0, ``meta_freq``, … of the epoch, then the hard-buffer refresh (storing
-        each image with the teacher outputs of this step: a meta batch never runs the teachers again)."""
-        targets, self._step_targets = self._step_targets, None
+        each image with the teacher outputs of this step, ``output.carry["targets"]``: a meta batch never runs
+        the teachers again)."""
+        targets = output.carry.get("targets")
         if targets is None:
             raise RuntimeError("MMKD.after_step needs the teacher outputs of forward_train on the same batch")
-        if self.params.meta_freq and trainer.step_in_epoch % self.params.meta_freq == 0:
-            self.meta_step(trainer.optimizer, *self.meta_batch(batch, targets))
+        if self.params.meta_freq and state.step_in_epoch % self.params.meta_freq == 0:
+            self.meta_step(state.optimizer, *self.meta_batch(batch, targets))
         if self.hard_buffer is not None:
             self.hard_buffer.push(batch.images, batch.labels, output.logits.detach().argmax(1),
                                   self.buffer_fields(targets))
