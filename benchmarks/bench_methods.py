@@ -26,7 +26,7 @@ from mkdlab.data import dataset_info, make_loaders
 from mkdlab.engine.trainer import Trainer, resolve_device
 from mkdlab.experiment import build_method
 from mkdlab.models import create
-from mkdlab.study import StudyRow, load_study, run_config
+from mkdlab.studies import StudyRow, load_study, run_config
 
 
 class _Clock:

@@ -11,7 +11,7 @@ import pytest
 
 import mkdlab.engine.trainer as trainer_module
 from mkdlab.config import MethodConfig, load_config
-from mkdlab.study import (
+from mkdlab.studies import (
     Column,
     Reported,
     RunRecord,
@@ -182,7 +182,7 @@ def test_a_row_changes_a_shared_column_through_column_params(monkeypatch):
     assert load_study("compare_fmnist").column("mmkd").method.params["gram_size"] == 128
     assert load_study("compare_fmnist_mini").column("mmkd").method.params.get("gram_size", 64) == 64
 
-    import mkdlab.study as study_module
+    import mkdlab.studies.spec as study_module
 
     files = {"broken": ("test.yaml", {"recipe": {}, "columns": {"ce": {"preset": "ce"}},
                                       "rows": {"broken": {"student": "resnet8", "column_params": {"kd": {}}}}})}
@@ -195,7 +195,7 @@ def test_study_figures_are_drawn_from_the_runs_on_disk(tmp_path):
     import matplotlib
 
     matplotlib.use("Agg")
-    from mkdlab.study_figures import plot_teacher_weights, write_figures
+    from mkdlab.studies.figures import plot_teacher_weights, write_figures
     from mkdlab.teachers import TeacherPool
 
     row = tiny_row_with_teachers(["ce", "aver_kd", "ebkd"], steps=3)
