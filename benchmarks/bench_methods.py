@@ -28,7 +28,7 @@ from mkdlab.engine.trainer import Trainer
 from mkdlab.experiment import build_method
 from mkdlab.methods.base import TrainingHooks, TrainState
 from mkdlab.models import create
-from mkdlab.study import StudyRow, load_study, run_config
+from mkdlab.studies import StudyRow, load_study, run_config
 
 
 class _Clock(TrainingHooks):

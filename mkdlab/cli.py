@@ -27,7 +27,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from mkdlab.data import DatasetNotFoundError
     from mkdlab.engine.trainer import NonFiniteLossError, TrainingInterrupted
     from mkdlab.storage import CheckpointError
-    from mkdlab.study import StudyRunError
+    from mkdlab.studies import StudyRunError
     from mkdlab.teachers import TeacherPoolError
 
     try:
@@ -226,7 +226,7 @@ def _cmd_bench(args: argparse.Namespace) -> int:
 
 
 def _cmd_reproduce(args: argparse.Namespace) -> int:
-    from mkdlab.study import available_studies, load_study, read_records, run_study, write_report
+    from mkdlab.studies import available_studies, load_study, read_records, run_study, write_report
 
     if args.list or not args.study:
         print("\n".join(available_studies()))
@@ -249,7 +249,7 @@ def _cmd_reproduce(args: argparse.Namespace) -> int:
     print(md_path.read_text())
     print(f"results: {md_path}  {csv_path}")
     if args.figures:
-        from mkdlab.study_figures import write_figures
+        from mkdlab.studies.figures import write_figures
 
         paths = write_figures(row, records, args.out, args.figures)
         print("figures: " + "  ".join(str(p) for p in paths))

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from mkdlab.study import RunRecord, load_study, summarize
+from mkdlab.studies import RunRecord, load_study, summarize
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "figures" / "compare_fmnist"

@@ -16,7 +16,9 @@ from matplotlib.figure import Figure
 
 from mkdlab.engine.loggers import read_history
 from mkdlab.storage import load_safely
-from mkdlab.study import ColumnSummary, RunRecord, StudyRow, in_column_order, run_dir, summarize
+from mkdlab.studies.records import RunRecord, in_column_order
+from mkdlab.studies.report import BASELINE, ColumnSummary, summarize
+from mkdlab.studies.spec import StudyRow, run_dir
 from mkdlab.viz import plot_accuracy_curves, plot_weight_distributions, save_figure
 
 #: the test-set classes whose first image the Grad-CAM grid shows (Fashion-MNIST: T-shirt, dress, sneaker, boot).
@@ -32,7 +34,7 @@ def plot_accuracy(row: StudyRow, summaries: Sequence[ColumnSummary], out: str | 
     labels = [s.label for s in summaries]
     ax_bars.bar(labels, [s.best_mean for s in summaries], color="tab:blue", capsize=3,
                 yerr=[0.0 if s.seeds < 2 else s.best_std for s in summaries])
-    baseline = [s.best_mean for s in summaries if s.label == "ce"]
+    baseline = [s.best_mean for s in summaries if s.label == BASELINE]
     if baseline:
         ax_bars.axhline(baseline[0], color="k", ls="--", lw=1, label="CE only")
         ax_bars.legend()
