@@ -1,8 +1,11 @@
 """Typed experiment configs, YAML presets and ``key=value`` overrides.
 
 An experiment is one :class:`ExperimentConfig`: the data, the student, the teachers, the method with its
-hyper-parameters, the optimisation recipe and where outputs go. Presets live in ``mkdlab/configs/*.yaml``; any key
-can be overridden from the command line with a dotted path (``train.lr=0.1``, ``method.params.temperature=2``).
+hyper-parameters, the optimisation recipe and where outputs go. Presets live in ``mkdlab/configs/*.yaml``; a preset
+``extends:`` others (the shared recipes of ``mkdlab/configs/base/``) and states only what differs, and the run
+profiles are overlays in ``mkdlab/configs/profiles/``, all merged by :func:`merge_config_mappings`. Any key can be
+overridden from the command line with a dotted path (``train.lr=0.1``, ``method.params.temperature=2``), after
+every layer.
 
 Unknown keys, wrong types and unknown model, dataset or method names are errors that list the valid choices.
 """
@@ -18,6 +21,7 @@ from typing import Any, Literal
 
 import yaml
 
+from mkdlab.profiles import Profile
 from mkdlab.typed import ConfigError, from_dict, to_dict
 
 PRESET_PACKAGE = "mkdlab.configs"
@@ -119,27 +123,124 @@ class ExperimentConfig:
 
 
 # -- loading -------------------------------------------------------------------------------------------------------
+#: folders of ``mkdlab/configs`` whose files other configs build on, with what they are (they are not presets).
+BUILDING_BLOCKS = {
+    "base": "a base recipe that presets extend (extends: base/<name>)",
+    "profiles": "a run profile's overlay (mkdlab.config.apply_profile)",
+}
+YAML_SUFFIXES = (".yaml", ".yml")
+
+
+def merge_config_mappings(base: Mapping[str, Any], update: Mapping[str, Any]) -> dict[str, Any]:
+    """``update`` merged on top of ``base``: the one merge of presets (``extends:``), profiles and studies.
+
+    Mappings merge key by key, recursively; every other value of ``update`` (a scalar, ``None``, a list: lists are
+    replaced, never concatenated) replaces what ``base`` holds under its key, and keys ``update`` lacks keep the
+    value of ``base``. ``{"train": {"lr": 0.1}}`` on top of ``{"train": {"lr": 0.05, "epochs": 30}}`` changes the lr
+    only; ``teachers: null`` removes an inherited teachers section. Neither argument is modified, and the result
+    shares no mutable value with them.
+    """
+    merged = copy.deepcopy(dict(base))
+    for key, value in update.items():
+        if isinstance(value, Mapping) and isinstance(merged.get(key), Mapping):
+            merged[key] = merge_config_mappings(merged[key], value)
+        else:
+            merged[key] = copy.deepcopy(value)
+    return merged
+
+
 def available_presets() -> list[str]:
-    """Names of the YAML presets shipped in ``mkdlab/configs``."""
-    return sorted(p.name[:-5] for p in resources.files(PRESET_PACKAGE).iterdir() if p.name.endswith(".yaml"))
+    """Names of the YAML presets shipped in ``mkdlab/configs`` (not its ``base/`` and ``profiles/`` folders)."""
+    return sorted(p.name[:-5] for p in _configs_dir().iterdir() if p.name.endswith(".yaml"))
 
 
 def read_preset(name_or_path: str | Path) -> dict[str, Any]:
-    """The raw mapping of a preset name (``mkdlab/configs/<name>.yaml``) or a YAML file path."""
+    """The mapping of a preset name (``mkdlab/configs/<name>.yaml``) or a YAML file path, ``extends:`` resolved.
+
+    ``extends:`` names what a file builds on: a preset name (``mmkd``, ``base/multi_teacher``), a YAML path relative
+    to the extending file (``../shared.yaml``) or a list of them, merged left to right; each is resolved the same
+    way, recursively (a cycle is an error that names it), and the file's own keys are merged on top with
+    :func:`merge_config_mappings`. A preset that trains another method than its base extends a base recipe, not
+    that method's preset, whose ``method.params`` would not fit.
+    """
+    return _read_resolved(_locate(name_or_path), ())
+
+
+def read_profile(profile: Profile | str) -> dict[str, Any]:
+    """The overlay of a run profile: ``mkdlab/configs/profiles/<profile>.yaml`` (``extends:`` resolved)."""
+    try:
+        profile = Profile(profile)
+    except ValueError:
+        raise ConfigError(f"no profile {str(profile)!r}; profiles: {', '.join(p.value for p in Profile)}") from None
+    return _read_resolved(_configs_dir() / "profiles" / f"{profile.value}.yaml", ())
+
+
+def apply_profile(data: Mapping[str, Any], profile: Profile | str) -> dict[str, Any]:
+    """``data`` with the overlay of ``profile`` (smoke | quick | full) merged on top."""
+    return merge_config_mappings(data, read_profile(profile))
+
+
+def _configs_dir() -> Path:
+    """The folder of the shipped configs, ``mkdlab/configs`` (a regular package, so a folder on disk)."""
+    return Path(str(resources.files(PRESET_PACKAGE)))
+
+
+def _packaged_name(path: Path) -> str | None:
+    """The name of a file inside ``mkdlab/configs`` (``base/multi_teacher``); ``None`` for a file elsewhere."""
+    try:
+        return path.resolve().relative_to(_configs_dir().resolve()).with_suffix("").as_posix()
+    except ValueError:
+        return None
+
+
+def _label(path: Path) -> str:
+    """How messages name a config file: its preset name inside ``mkdlab/configs``, else its path."""
+    return _packaged_name(path) or str(path)
+
+
+def _locate(name_or_path: str | Path, extended_by: Path | None = None) -> Path:
+    """The file of a preset name, or of a YAML path: relative to the file ``extended_by`` in its ``extends:``."""
     path = Path(name_or_path)
-    if path.suffix in (".yaml", ".yml") and path.exists():
-        text = path.read_text()
+    if path.suffix in YAML_SUFFIXES:
+        path = path if extended_by is None else extended_by.parent / path
     else:
-        resource = resources.files(PRESET_PACKAGE) / f"{name_or_path}.yaml"
-        if not resource.is_file():
-            raise ConfigError(
-                f"no preset or YAML file {str(name_or_path)!r}; presets: {', '.join(available_presets())}"
-            )
-        text = resource.read_text()
-    data = yaml.safe_load(text) or {}
+        path = _configs_dir() / f"{name_or_path}.yaml"
+    if path.is_file():
+        return path
+    where = "" if extended_by is None else f"{_label(extended_by)}: extends {str(name_or_path)!r}: "
+    raise ConfigError(f"{where}no preset or YAML file {str(name_or_path)!r}; presets: {', '.join(available_presets())}")
+
+
+def _read_resolved(path: Path, chain: tuple[Path, ...]) -> dict[str, Any]:
+    """The mapping in ``path`` on top of all it extends; ``chain``: the files that extend it, outermost first."""
+    resolved = path.resolve()
+    if resolved in chain:
+        cycle = [*chain[chain.index(resolved):], resolved]
+        raise ConfigError(f"extends: a cycle, {' -> '.join(map(_label, cycle))}")
+    data = yaml.safe_load(path.read_text()) or {}
     if not isinstance(data, dict):
-        raise ConfigError(f"{name_or_path}: a config file must hold a mapping, got {type(data).__name__}")
-    return data
+        raise ConfigError(f"{_label(path)}: a config file must hold a mapping, got {type(data).__name__}")
+    merged: dict[str, Any] = {}
+    for base in _extends_list(data.pop("extends", []), path):
+        merged = merge_config_mappings(merged, _read_resolved(_locate(base, path), (*chain, resolved)))
+    return merge_config_mappings(merged, data)
+
+
+def _extends_list(value: Any, path: Path) -> list[str]:
+    names = [value] if isinstance(value, str) else value
+    if not isinstance(names, list) or not all(isinstance(name, str) and name for name in names):
+        raise ConfigError(f"{_label(path)}: extends must be a preset name, a relative YAML path or a list of them, "
+                          f"got {value!r}")
+    return names
+
+
+def _refuse_building_blocks(path: Path) -> None:
+    """A clear error for a file of ``mkdlab/configs/base`` or ``profiles``: they complete presets, they are none."""
+    name = _packaged_name(path) or ""
+    folder = name.split("/")[0]
+    if "/" in name and folder in BUILDING_BLOCKS:
+        raise ConfigError(f"{name!r} is {BUILDING_BLOCKS[folder]}, not a preset; "
+                          f"presets: {', '.join(available_presets())}")
 
 
 def apply_overrides(data: Mapping[str, Any], overrides: Iterable[str]) -> dict[str, Any]:
@@ -165,13 +266,18 @@ def apply_overrides(data: Mapping[str, Any], overrides: Iterable[str]) -> dict[s
 def load_config(
     preset: str | Path | Mapping[str, Any] | None = None, overrides: Iterable[str] = ()
 ) -> ExperimentConfig:
-    """Load a preset (name, YAML path or mapping), apply overrides, then validate every key, type and name."""
+    """Load a preset (name, YAML path or mapping), apply overrides, then validate every key, type and name.
+
+    A preset's ``extends:`` is resolved first (:func:`read_preset`); the overrides apply after every layer.
+    """
     if preset is None:
         data: Mapping[str, Any] = {}
     elif isinstance(preset, Mapping):
         data = preset
     else:
-        data = read_preset(preset)
+        path = _locate(preset)
+        _refuse_building_blocks(path)
+        data = _read_resolved(path, ())
     config = from_dict(ExperimentConfig, apply_overrides(data, overrides))
     validate(config)
     return config
@@ -232,10 +338,13 @@ __all__ = [
     "TeachersConfig",
     "TrainConfig",
     "apply_overrides",
+    "apply_profile",
     "available_presets",
     "dump_config",
     "load_config",
+    "merge_config_mappings",
     "method_params",
     "read_preset",
+    "read_profile",
     "validate",
 ]

@@ -17,7 +17,7 @@ from typing import Any
 
 import matplotlib.pyplot as plt
 
-from mkdlab.config import ExperimentConfig, MethodConfig, load_config
+from mkdlab.config import ExperimentConfig, MethodConfig, apply_profile, load_config, read_preset
 from mkdlab.data import make_loaders
 from mkdlab.engine.device import resolve_device
 from mkdlab.evaluation import ensemble_accuracy
@@ -26,13 +26,6 @@ from mkdlab.methods.registry import get_method
 from mkdlab.profiles import Profile, current_profile
 from mkdlab.teachers import TeacherPool, entry_name
 from mkdlab.viz import plot_accuracy_curves, save_figure
-
-#: epochs (and step caps for the smoke profile) of each demo profile.
-PROFILE_OVERRIDES: dict[Profile, list[str]] = {
-    Profile.SMOKE: ["teachers.epochs=1", "teachers.max_steps=8", "train.epochs=2", "train.max_steps=8"],
-    Profile.QUICK: [],
-    Profile.FULL: ["teachers.epochs=30", "train.epochs=30"],
-}
 
 #: the methods the demo trains by default: what fits its 10-minute budget on 2 CPU cores.
 DEFAULT_METHODS = ("ce", "kd", "aver_kd")
@@ -50,8 +43,8 @@ class DemoRow:
 
 
 def demo_config(profile: Profile, device: str = "auto", overrides: Sequence[str] = ()) -> ExperimentConfig:
-    """The demo's base config for ``profile``, with user overrides applied last."""
-    return load_config("demo", [*PROFILE_OVERRIDES[profile], f"train.device={device}", *overrides])
+    """The ``demo`` preset with the overlay of ``profile`` (``mkdlab/configs/profiles/``), user overrides last."""
+    return load_config(apply_profile(read_preset("demo"), profile), [f"train.device={device}", *overrides])
 
 
 def run_demo(profile: str | Profile | None = None, out: Path = Path("runs/demo"), figures: Path = Path("figures"),

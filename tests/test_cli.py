@@ -78,8 +78,12 @@ def test_teachers_train_list_import(tmp_path, home):
     assert names == ["r8", "resnet8-fashion_mnist_mini-s0-e1"]
 
 
-def test_presets_are_listed(tmp_path, home):
-    assert "demo" in mkdlab("presets", home=home, cwd=tmp_path).stdout.split()
+def test_presets_are_listed_and_a_base_recipe_is_not_trained(tmp_path, home):
+    names = mkdlab("presets", home=home, cwd=tmp_path).stdout.split()
+    assert "demo" in names and "mmkd_parity" in names and not [name for name in names if "/" in name]
+    result = mkdlab("train", "base/multi_teacher", home=home, cwd=tmp_path, check=False)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert "'base/multi_teacher' is a base recipe that presets extend" in result.stderr
 
 
 def test_demo_on_a_tiny_budget(tmp_path, home):

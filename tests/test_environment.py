@@ -1,4 +1,5 @@
-"""pyproject.toml and environment.yml list the same packages with the same lower bounds."""
+"""pyproject.toml and environment.yml list the same packages with the same lower bounds; the wheel ships every data
+file of the package."""
 
 from __future__ import annotations
 
@@ -34,3 +35,13 @@ def test_python_floor_agrees():
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
     environment = yaml.safe_load((ROOT / "environment.yml").read_text())
     assert f"python{project['requires-python']}" in environment["dependencies"]
+
+
+def test_package_data_ships_every_data_file_of_the_package():
+    globs = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["package-data"]["mkdlab"]
+    package = ROOT / "mkdlab"
+    shipped = {path for pattern in globs for path in package.glob(pattern)}
+    data = {path for path in package.rglob("*") if path.is_file() and path.suffix not in (".py", ".pyc")
+            and not any(part.startswith((".", "__pycache__")) for part in path.relative_to(package).parts)}
+    assert {p.relative_to(package).as_posix() for p in data - shipped} == set()
+    assert any(p.parent.name == "base" for p in data) and any(p.parent.name == "profiles" for p in data)
