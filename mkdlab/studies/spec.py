@@ -23,6 +23,7 @@ from mkdlab.config import (
     TeachersConfig,
     apply_overrides,
     load_config,
+    merge_config_mappings,
     read_preset,
     validate,
 )
@@ -118,15 +119,15 @@ def load_study(name: str, overrides: Iterable[str] = ()) -> StudyRow:
     if unknown:
         raise ConfigError(f"study row {name!r} ({file_name}): unknown keys {sorted(unknown)}; "
                           f"use student, teachers, recipe, columns, column_params, paper")
-    mapping = _deep_merge(data.get("recipe", {}), row.get("recipe", {}))
-    mapping = _deep_merge(mapping, {"name": name, "student": row["student"],
+    mapping = merge_config_mappings(data.get("recipe", {}), row.get("recipe", {}))
+    mapping = merge_config_mappings(mapping, {"name": name, "student": row["student"],
                                     **({"teachers": row["teachers"]} if "teachers" in row else {})})
     mapping = apply_overrides(mapping, overrides)
     specs = dict(row.get("columns") or data["columns"])
     for label, params in (row.get("column_params") or {}).items():  # the row's changes to a shared column
         if label not in specs:
             raise ConfigError(f"study row {name!r} ({file_name}): column_params for unknown column {label!r}")
-        specs[label] = {**specs[label], "params": _deep_merge(specs[label].get("params") or {}, params)}
+        specs[label] = {**specs[label], "params": merge_config_mappings(specs[label].get("params") or {}, params)}
     columns = [_column(label, spec, file_name) for label, spec in specs.items()]
     study = StudyRow(name, data.get("source", file_name), load_config(mapping), columns)
     for column in columns:  # every column must validate against this row's teachers and student
@@ -148,22 +149,11 @@ def _column(label: str, spec: Mapping[str, Any], file_name: str) -> Column:
     teacher = int(spec.get("teacher", 0))
     if "preset" in spec:
         method = read_preset(spec["preset"]).get("method", {})
-        params = _deep_merge(method.get("params") or {}, spec.get("params") or {})
+        params = merge_config_mappings(method.get("params") or {}, spec.get("params") or {})
         return Column(label, MethodConfig(method["name"], params), teacher)
     if "method" in spec:
         return Column(label, MethodConfig(spec["method"], dict(spec.get("params") or {})), teacher)
     raise ConfigError(f"{file_name}: column {label!r} needs 'preset: <name>' or 'method: <name>'")
-
-
-def _deep_merge(base: Mapping[str, Any], update: Mapping[str, Any]) -> dict[str, Any]:
-    """``base`` with ``update`` laid over it; nested mappings are merged key by key, anything else is replaced."""
-    merged = dict(base)
-    for key, value in update.items():
-        if isinstance(value, Mapping) and isinstance(merged.get(key), Mapping):
-            merged[key] = _deep_merge(merged[key], value)
-        else:
-            merged[key] = value
-    return merged
 
 
 # -- the runs of a row -----------------------------------------------------------------------------------------------
