@@ -1,9 +1,11 @@
-"""``python -m mkdlab``: the command line.
+"""``python -m mkdlab``: the command line (thin: it parses, calls the composition root and the studies, and turns
+every error a user can cause into one line ``mkdlab: error: …`` with exit code 2).
 
-Subcommands: ``demo`` (the main job), ``train`` (a preset with ``key=value`` overrides), ``eval``, ``teachers
-train|list|import``, ``bench`` (images/second of one distillation step), ``reproduce`` (a paper-table row or a
-comparison: every method × seed, and its results table), ``presets`` and ``visdom`` (an offline visdom server on
-127.0.0.1).
+Commands: ``demo`` (the main job), ``train`` (a preset with ``key=value`` overrides), ``eval``, ``teachers
+train|import``, ``list presets|studies|methods|models|teachers``, ``bench`` (images/second of one distillation
+step), ``reproduce`` (a study row: every column × seed, and its results table) and ``visdom`` (an offline visdom
+server on 127.0.0.1). Every command that trains or evaluates takes ``--device`` (``auto`` | ``cpu`` | ``cuda``),
+which for a config is the same as ``train.device=…``.
 """
 
 from __future__ import annotations
@@ -13,8 +15,11 @@ import json
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from mkdlab.typed import ConfigError
+
+LISTS = ("presets", "studies", "methods", "models", "teachers")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -41,25 +46,64 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
 
 
+class _Renamed(argparse.Action):
+    """An old spelling users may have in scripts: refused with the new one (exit 2, no traceback)."""
+
+    def __init__(self, option_strings: Sequence[str], dest: str, instead: str = "", **kwargs: Any) -> None:
+        self.instead = instead
+        super().__init__(option_strings, dest, nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace, values: Any,
+                 option_string: str | None = None) -> None:
+        parser.error(f"{option_string or self.dest} was renamed: use {self.instead}")
+
+
+def _renamed(parser: argparse.ArgumentParser, old: str, instead: str) -> None:
+    parser.add_argument(old, action=_Renamed, instead=instead)
+
+
+def _renamed_command(sub: Any, old: str, instead: str) -> None:
+    command = sub.add_parser(old, add_help=False)
+    command.add_argument("rest", nargs=argparse.REMAINDER)
+    spelled = command.prog.removeprefix("python -m mkdlab ")
+    command.set_defaults(func=lambda args: _refuse(f"`{spelled}` was renamed: use `python -m mkdlab {instead}`"))
+
+
+def _refuse(message: str) -> int:
+    raise ConfigError(message)
+
+
+def _device(parser: argparse.ArgumentParser, default: str | None = None) -> None:
+    parser.add_argument("--device", default=default, metavar="DEVICE",
+                        help="auto | cpu | cuda | cuda:N" + (" (default: the config's train.device, auto)"
+                                                             if default is None else f" (default {default})"))
+
+
+def _with_device(args: argparse.Namespace) -> list[str]:
+    """The overrides of a config command, ``--device`` as ``train.device`` (first: an explicit override wins)."""
+    return ([f"train.device={args.device}"] if args.device else []) + list(args.overrides)
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m mkdlab", description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(metavar="COMMAND")
 
-    demo = sub.add_parser("demo", help="the main job: teachers, CE, KD and multi-teacher KD on the embedded data")
+    demo = sub.add_parser("demo", help="the main job: teachers, then students of several methods, on the embedded data")
     demo.add_argument("--profile", choices=["smoke", "quick", "full"], default=None,
                       help="work budget (default: MKDLAB_PROFILE, else quick)")
     demo.add_argument("--out", default="runs/demo", help="run directory (default runs/demo)")
-    demo.add_argument("--figures", default="figures", help="where the accuracy plot goes (default figures/)")
-    demo.add_argument("--device", default="auto")
+    demo.add_argument("--figures", default="figures", help="where the plots go (default figures/)")
+    _device(demo, "auto")
     demo.add_argument("--methods", nargs="+", default=None, metavar="METHOD",
                       help="methods to train the student with (default: ce kd aver_kd)")
     demo.add_argument("overrides", nargs="*", help="key=value overrides applied to every demo run")
     demo.set_defaults(func=_cmd_demo)
 
     train = sub.add_parser("train", help="train a student with a method preset")
-    train.add_argument("preset", help="preset name (see `presets`) or a YAML file")
+    train.add_argument("preset", help="preset name (see `list presets`) or a YAML file")
     train.add_argument("overrides", nargs="*", help="key=value overrides, e.g. train.lr=0.1")
     train.add_argument("--resume", action="store_true", help="continue the run in its run directory")
+    _device(train)
     train.set_defaults(func=_cmd_train)
 
     evaluate = sub.add_parser("eval", help="test accuracy of a run's best student or of a pool teacher")
@@ -67,24 +111,24 @@ def _parser() -> argparse.ArgumentParser:
     target.add_argument("--run", help="a run directory (uses its config.yaml and best_student.pt)")
     target.add_argument("--teacher", help="a teacher-pool entry name")
     evaluate.add_argument("--dataset", help="dataset for --teacher (default: the teacher's own)")
-    evaluate.add_argument("--device", default="auto")
+    _device(evaluate, "auto")
     evaluate.set_defaults(func=_cmd_eval)
 
-    teachers = sub.add_parser("teachers", help="the teacher pool").add_subparsers(metavar="ACTION")
-    t_train = teachers.add_parser("train", help="train teachers with different seeds into the pool")
-    t_train.add_argument("--arch", required=True)
-    t_train.add_argument("--dataset", default="fashion_mnist_mini")
-    t_train.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    t_train.add_argument("--epochs", type=int, default=30)
-    t_train.add_argument("--lr", type=float, default=0.05)
-    t_train.add_argument("--batch-size", type=int, default=64)
-    t_train.add_argument("--device", default="auto")
-    t_train.add_argument("--out", default="runs", help="where the teachers' training runs are logged")
+    teachers = sub.add_parser("teachers", help="the teacher pool: train or import teachers")
+    actions = teachers.add_subparsers(metavar="ACTION")
+    t_train = actions.add_parser("train", help="train a preset's teachers into the pool (those missing)")
+    t_train.add_argument("preset", help="a preset with a teachers: section, e.g. demo, or a YAML file")
+    t_train.add_argument("overrides", nargs="*", help="key=value overrides, e.g. teachers.epochs=30 "
+                         "teachers.seeds=[0,1,2] teachers.arch=resnet56")
+    _device(t_train)
+    for old in ("--arch", "--seeds", "--epochs", "--lr", "--batch-size", "--dataset", "--out"):
+        key = {"--arch": "teachers.arch", "--seeds": "teachers.seeds", "--epochs": "teachers.epochs",
+               "--lr": "teachers.lr", "--batch-size": "data.batch_size", "--dataset": "data.dataset",
+               "--out": "output.dir"}[old]
+        _renamed(t_train, old, f"a preset and overrides, e.g. `python -m mkdlab teachers train demo {key}=…`")
     t_train.set_defaults(func=_cmd_teachers_train)
-    t_list = teachers.add_parser("list", help="list the pool's teachers")
-    t_list.add_argument("--json", action="store_true")
-    t_list.set_defaults(func=_cmd_teachers_list)
-    t_import = teachers.add_parser("import", help="import a RepDistiller/mdistiller checkpoint")
+    _renamed_command(actions, "list", "list teachers")
+    t_import = actions.add_parser("import", help="import a RepDistiller/mdistiller checkpoint")
     t_import.add_argument("path")
     t_import.add_argument("--arch", required=True)
     t_import.add_argument("--dataset", default="cifar100")
@@ -92,24 +136,33 @@ def _parser() -> argparse.ArgumentParser:
     t_import.add_argument("--num-classes", type=int, default=None)
     t_import.set_defaults(func=_cmd_teachers_import)
 
-    bench = sub.add_parser("bench", help="images/second of one multi-teacher distillation step")
-    bench.add_argument("--teacher", default="resnet56")
+    listing = sub.add_parser("list", help="list presets, studies, methods, models or teachers")
+    listing.add_argument("what", choices=LISTS)
+    listing.add_argument("--json", action="store_true", help="machine-readable output")
+    listing.set_defaults(func=_cmd_list)
+    _renamed_command(sub, "presets", "list presets")
+
+    bench = sub.add_parser("bench", help="images/second of one multi-teacher distillation step, against the "
+                           "reference-style loop")
+    bench.add_argument("--teacher-arch", default="resnet56", help="architecture of every teacher")
     bench.add_argument("--student", default="resnet20")
-    bench.add_argument("--teachers", type=int, default=3, help="number of teachers K")
+    bench.add_argument("--num-teachers", type=int, default=3, help="number of teachers K")
     bench.add_argument("--batch-size", type=int, default=64)
     bench.add_argument("--steps", type=int, default=20)
     bench.add_argument("--warmup", type=int, default=3)
-    bench.add_argument("--device", default="auto")
+    _device(bench, "auto")
     bench.add_argument("--dataset", default="fashion_mnist_mini")
     bench.add_argument("--num-classes", type=int, default=100, help="classes of the benchmarked models")
+    _renamed(bench, "--teacher", "--teacher-arch")
+    _renamed(bench, "--teachers", "--num-teachers")
     bench.set_defaults(func=_cmd_bench)
 
     reproduce = sub.add_parser("reproduce", help="run a study row (a paper table row or a comparison): every "
-                               "method × seed, then write the results table")
-    reproduce.add_argument("study", nargs="?", help="a study row (see --list)")
+                               "column × seed, then write the results table")
+    reproduce.add_argument("study", help="a study row (see `list studies`)")
     reproduce.add_argument("overrides", nargs="*", help="key=value overrides for every run, e.g. train.epochs=2")
     reproduce.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="student seeds (default 0 1 2)")
-    reproduce.add_argument("--methods", nargs="+", default=None, metavar="COLUMN",
+    reproduce.add_argument("--columns", nargs="+", default=None, metavar="COLUMN",
                            help="only these columns of the row (default: all)")
     reproduce.add_argument("--out", default="runs/studies", help="where runs and results go (default runs/studies)")
     reproduce.add_argument("--jobs", type=int, default=1,
@@ -120,11 +173,10 @@ def _parser() -> argparse.ArgumentParser:
     reproduce.add_argument("--report-only", action="store_true", help="only write the table from finished runs")
     reproduce.add_argument("--figures", default=None, metavar="DIR",
                            help="also draw the study's figures (accuracy, teacher weights, Grad-CAM, cost) into DIR")
-    reproduce.add_argument("--list", action="store_true", help="list the study rows")
+    _device(reproduce)
+    _renamed(reproduce, "--methods", "--columns (labels of the row's columns)")
+    _renamed(reproduce, "--list", "`python -m mkdlab list studies`")
     reproduce.set_defaults(func=_cmd_reproduce)
-
-    presets = sub.add_parser("presets", help="list the YAML presets")
-    presets.set_defaults(func=_cmd_presets)
 
     visdom = sub.add_parser("visdom", help="start a visdom server on 127.0.0.1 that works offline")
     visdom.add_argument("--port", type=int, default=8097)
@@ -134,24 +186,20 @@ def _parser() -> argparse.ArgumentParser:
 
 def _cmd_demo(args: argparse.Namespace) -> int:
     from mkdlab.demo import DEFAULT_METHODS, run_demo
-    from mkdlab.methods.registry import get_method
+    from mkdlab.experiment import method_class
 
     methods = args.methods or DEFAULT_METHODS
     for method in methods:
-        try:
-            get_method(method)
-        except ValueError as err:
-            raise ConfigError(f"--methods: {err}") from None
+        method_class(method)
     run_demo(profile=args.profile, out=Path(args.out), figures=Path(args.figures), device=args.device,
              overrides=args.overrides, methods=methods)
     return 0
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
-    from mkdlab.config import load_config
-    from mkdlab.experiment import run_experiment
+    from mkdlab.experiment import load_experiment, run_experiment
 
-    config = load_config(args.preset, args.overrides)
+    config = load_experiment(args.preset, _with_device(args))
     result, _ = run_experiment(config, resume=args.resume)
     print(f"{config.name}: last top-1 {result.last_top1:.2f}%  best top-1 {result.best_top1:.2f}% "
           f"(epoch {result.best_epoch})  in {result.wall_time_s:.0f} s; outputs in {config.run_dir()}")
@@ -168,39 +216,19 @@ def _cmd_eval(args: argparse.Namespace) -> int:
 
 
 def _cmd_teachers_train(args: argparse.Namespace) -> int:
-    from mkdlab.config import load_config
-    from mkdlab.experiment import load_teachers
-    from mkdlab.teachers import TeacherPool, entry_name
-
-    config = load_config({
-        "name": "teachers", "data": {"dataset": args.dataset, "batch_size": args.batch_size},
-        "student": args.arch, "method": {"name": "ce"},
-        "teachers": {"arch": args.arch, "seeds": args.seeds, "epochs": args.epochs, "lr": args.lr},
-        "train": {"device": args.device}, "output": {"dir": args.out},
-    })
-    pool = TeacherPool()
-    load_teachers(config, pool)
-    for seed in args.seeds:
-        entry = pool.entries()[entry_name(args.arch, args.dataset, seed, args.epochs)]
-        print(f"{entry.name}: top-1 {entry.top1:.2f}%  ({pool.root / entry.file})")
-    return 0
-
-
-def _cmd_teachers_list(args: argparse.Namespace) -> int:
-    from dataclasses import asdict
-
+    from mkdlab.experiment import load_experiment, load_teachers, teacher_entry_names
     from mkdlab.teachers import TeacherPool
 
+    config = load_experiment(args.preset, _with_device(args))
+    if config.teachers is None:
+        raise ConfigError(f"{args.preset!r} has no teachers: section; give one with overrides, e.g. "
+                          f"teachers.arch=resnet20 teachers.seeds=[0,1,2]")
     pool = TeacherPool()
-    entries = pool.list()
-    if args.json:
-        print(json.dumps([asdict(e) for e in entries], indent=2))
-        return 0
-    if not entries:
-        print(f"no teachers in {pool.root} yet; train some with `python -m mkdlab teachers train --arch resnet20`")
-    for e in entries:
-        top1 = f"{e.top1:6.2f}%" if e.top1 is not None else "     ?"
-        print(f"{e.name:40s} {e.arch:12s} {e.dataset:20s} seed {e.seed!s:4s} epochs {e.epochs!s:4s} top-1 {top1}")
+    load_teachers(config, pool)
+    entries = pool.entries()
+    for name in teacher_entry_names(config):
+        entry = entries[name]
+        print(f"{entry.name}: top-1 {entry.top1:.2f}%  ({pool.root / entry.file})")
     return 0
 
 
@@ -216,31 +244,35 @@ def _cmd_teachers_import(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_list(args: argparse.Namespace) -> int:
+    from mkdlab.listing import listing
+
+    rows, text = listing(args.what)
+    print(json.dumps(rows, indent=2) if args.json else text)
+    return 0
+
+
 def _cmd_bench(args: argparse.Namespace) -> int:
     from mkdlab.bench import run_step_benchmark
 
-    run_step_benchmark(teacher=args.teacher, student=args.student, num_teachers=args.teachers,
+    run_step_benchmark(teacher=args.teacher_arch, student=args.student, num_teachers=args.num_teachers,
                        batch_size=args.batch_size, steps=args.steps, warmup=args.warmup, device=args.device,
                        dataset=args.dataset, num_classes=args.num_classes)
     return 0
 
 
 def _cmd_reproduce(args: argparse.Namespace) -> int:
-    from mkdlab.studies import available_studies, load_study, read_records, run_study, write_report
+    from mkdlab.studies import load_study, read_records, run_study, write_report
 
-    if args.list or not args.study:
-        print("\n".join(available_studies()))
-        return 0 if args.list else 2
-    row = load_study(args.study, args.overrides)
-    if args.methods:
-        for label in args.methods:
-            row.column(label)
+    row = load_study(args.study, _with_device(args))
+    for label in args.columns or ():
+        row.column(label)
     if args.report_only:
         records = read_records(args.out, row)
     else:
         if args.jobs < 1:
             raise ConfigError(f"--jobs must be at least 1, got {args.jobs}")
-        records = run_study(row, args.seeds, out=args.out, labels=args.methods, jobs=args.jobs,
+        records = run_study(row, args.seeds, out=args.out, labels=args.columns, jobs=args.jobs,
                             record_extras=args.record_extras)
     if not records:
         print(f"no finished runs of {row.name} under {args.out}")
@@ -253,13 +285,6 @@ def _cmd_reproduce(args: argparse.Namespace) -> int:
 
         paths = write_figures(row, records, args.out, args.figures)
         print("figures: " + "  ".join(str(p) for p in paths))
-    return 0
-
-
-def _cmd_presets(args: argparse.Namespace) -> int:
-    from mkdlab.config import available_presets
-
-    print("\n".join(available_presets()))
     return 0
 
 

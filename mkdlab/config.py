@@ -7,7 +7,8 @@ profiles are overlays in ``mkdlab/configs/profiles/``, all merged by :func:`merg
 overridden from the command line with a dotted path (``train.lr=0.1``, ``method.params.temperature=2``), after
 every layer.
 
-Unknown keys, wrong types and unknown model, dataset or method names are errors that list the valid choices.
+Unknown keys and wrong types are errors that list the valid choices; names (datasets, models, methods) and a
+method's hyper-parameters are checked by the composition root, :func:`mkdlab.experiment.load_experiment`.
 """
 
 from __future__ import annotations
@@ -266,9 +267,12 @@ def apply_overrides(data: Mapping[str, Any], overrides: Iterable[str]) -> dict[s
 def load_config(
     preset: str | Path | Mapping[str, Any] | None = None, overrides: Iterable[str] = ()
 ) -> ExperimentConfig:
-    """Load a preset (name, YAML path or mapping), apply overrides, then validate every key, type and name.
+    """Parse a preset (name, YAML path or mapping) with ``overrides`` into a typed config: every key and type is
+    checked, and the values that need no registry (epochs, batch size, one architecture per teacher seed).
 
-    A preset's ``extends:`` is resolved first (:func:`read_preset`); the overrides apply after every layer.
+    A preset's ``extends:`` is resolved first (:func:`read_preset`); the overrides apply after every layer. Names
+    of datasets, models and methods and the method's hyper-parameters are checked against the registries by
+    :func:`mkdlab.experiment.load_experiment`, the composition root, which is what commands and notebooks call.
     """
     if preset is None:
         data: Mapping[str, Any] = {}
@@ -279,49 +283,19 @@ def load_config(
         _refuse_building_blocks(path)
         data = _read_resolved(path, ())
     config = from_dict(ExperimentConfig, apply_overrides(data, overrides))
-    validate(config)
+    check_values(config)
     return config
 
 
-def validate(config: ExperimentConfig) -> None:
-    """Check names against the registries and method hyper-parameters against the method's ``Params``."""
-    from mkdlab.data import available_datasets
-    from mkdlab.models import available_models
-
-    _check_choice("data.dataset", config.data.dataset, available_datasets())
-    _check_choice("student", config.student, available_models())
-    method = _method_class(config.method.name)
-    method_params(config)
-    if config.teachers is not None:
-        for arch in config.teachers.architectures():
-            _check_choice("teachers.arch", arch, available_models())
-        if isinstance(config.teachers.arch, list) and len(config.teachers.arch) != len(config.teachers.seeds):
-            raise ConfigError("teachers.arch: give one architecture, or one per entry of teachers.seeds")
-    if method.teachers_required != "none" and config.teachers is None:
-        raise ConfigError(f"method {config.method.name!r} needs teachers; add a 'teachers:' section")
+def check_values(config: ExperimentConfig) -> None:
+    """The checks of a config that need no registry: positive epochs and batch size, one architecture per seed."""
+    if config.teachers is not None and isinstance(config.teachers.arch, list) \
+            and len(config.teachers.arch) != len(config.teachers.seeds):
+        raise ConfigError("teachers.arch: give one architecture, or one per entry of teachers.seeds")
     if config.train.epochs < 1:
         raise ConfigError("train.epochs must be at least 1")
     if config.data.batch_size < 1:
         raise ConfigError("data.batch_size must be at least 1")
-
-
-def method_params(config: ExperimentConfig) -> Any:
-    """The method's typed ``Params`` built from ``method.params``."""
-    return from_dict(_method_class(config.method.name).Params, config.method.params, "method.params")
-
-
-def _method_class(name: str) -> Any:
-    from mkdlab.methods.registry import get_method
-
-    try:
-        return get_method(name)
-    except ValueError as err:
-        raise ConfigError(f"method.name: {err}") from None
-
-
-def _check_choice(where: str, value: str, choices: list[str]) -> None:
-    if value not in choices:
-        raise ConfigError(f"{where}: unknown name {value!r}; choose one of: {', '.join(choices)}")
 
 
 def dump_config(config: ExperimentConfig) -> str:
@@ -340,11 +314,10 @@ __all__ = [
     "apply_overrides",
     "apply_profile",
     "available_presets",
+    "check_values",
     "dump_config",
     "load_config",
     "merge_config_mappings",
-    "method_params",
     "read_preset",
     "read_profile",
-    "validate",
 ]

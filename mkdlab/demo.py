@@ -17,14 +17,21 @@ from typing import Any
 
 import matplotlib.pyplot as plt
 
-from mkdlab.config import ExperimentConfig, MethodConfig, apply_profile, load_config, read_preset
+from mkdlab.config import ExperimentConfig
 from mkdlab.data import make_loaders
 from mkdlab.engine.device import resolve_device
 from mkdlab.evaluation import ensemble_accuracy
-from mkdlab.experiment import load_teachers, run_experiment
-from mkdlab.methods.registry import get_method
+from mkdlab.experiment import (
+    best_teacher,
+    lesson_config,
+    load_teachers,
+    method_class,
+    run_experiment,
+    teacher_entry_names,
+    with_method,
+)
 from mkdlab.profiles import Profile, current_profile
-from mkdlab.teachers import TeacherPool, entry_name
+from mkdlab.teachers import TeacherPool
 from mkdlab.viz import plot_accuracy_curves, save_figure
 
 #: the methods the demo trains by default: what fits its 10-minute budget on 2 CPU cores.
@@ -42,11 +49,6 @@ class DemoRow:
     seconds: float | None = None
 
 
-def demo_config(profile: Profile, device: str = "auto", overrides: Sequence[str] = ()) -> ExperimentConfig:
-    """The ``demo`` preset with the overlay of ``profile`` (``mkdlab/configs/profiles/``), user overrides last."""
-    return load_config(apply_profile(read_preset("demo"), profile), [f"train.device={device}", *overrides])
-
-
 def run_demo(profile: str | Profile | None = None, out: Path = Path("runs/demo"), figures: Path = Path("figures"),
              device: str = "auto", overrides: Sequence[str] = (), pool: TeacherPool | None = None,
              methods: Sequence[str] = DEFAULT_METHODS) -> list[DemoRow]:
@@ -56,7 +58,7 @@ def run_demo(profile: str | Profile | None = None, out: Path = Path("runs/demo")
     the best teacher, a multi-teacher method from all of them.
     """
     profile = Profile(profile) if profile is not None else current_profile()
-    base = demo_config(profile, device, overrides)
+    base = lesson_config(profile, device, overrides)
     base = dataclasses.replace(base, output=dataclasses.replace(base.output, dir=str(out / profile.value)))
     pool = pool or TeacherPool()
     started = time.perf_counter()
@@ -64,11 +66,10 @@ def run_demo(profile: str | Profile | None = None, out: Path = Path("runs/demo")
     rows = list(teacher_rows)
     histories: dict[str, list[dict[str, Any]]] = {}
     for method in methods:
-        required = get_method(method).teachers_required
-        teachers = {"none": None, "one": "best", "many": "all"}[required]
+        required = method_class(method).teachers_required
         label = {"none": f"{method} (no teacher)", "one": f"{method} (best teacher)",
                  "many": f"{method} ({len(base.teachers.seeds)} teachers)"}[required]
-        config = student_config(base, method, teachers=teachers, best_name=best_name)
+        config = with_method(base, method, teacher=best_name)
         result, _ = run_experiment(config, pool=pool, verbose=True)
         histories[label] = result.history
         rows.append(DemoRow(f"{base.student} · {label}", "student", result.last_top1, result.best_top1,
@@ -84,35 +85,15 @@ def run_demo(profile: str | Profile | None = None, out: Path = Path("runs/demo")
 
 def teacher_rows_and_best(base: ExperimentConfig, pool: TeacherPool) -> tuple[list[DemoRow], str]:
     """Load (or train) the teachers; their rows and the ensemble's for the table, and the best teacher's name."""
-    assert base.teachers is not None
     teachers = load_teachers(base, pool)
-    names = [entry_name(arch, base.data.dataset, seed, base.teachers.epochs, base.teachers.max_steps)
-             for arch, seed in zip(base.teachers.architectures(), base.teachers.seeds, strict=True)]
+    names = teacher_entry_names(base)
     entries = pool.entries()
     rows = [DemoRow(name, "teacher", entries[name].top1 or float("nan")) for name in names]
     device = resolve_device(base.train.device)
     _, test_loader = make_loaders(base.data.dataset, 256, device=device, root=base.data.root)
     rows.append(DemoRow(f"ensemble of {len(teachers)} (mean of softmax)", "ensemble",
                         ensemble_accuracy(teachers, test_loader, device)))
-    best = max(names, key=lambda name: entries[name].top1 or 0.0)
-    return rows, best
-
-
-def student_config(base: ExperimentConfig, method: str, *, teachers: str | None = "all", best_name: str = "",
-                   params: dict[str, Any] | None = None, name: str | None = None) -> ExperimentConfig:
-    """``base`` with the student trained by ``method`` from all its teachers, the best one, or none.
-
-    ``teachers`` is ``"all"``, ``"best"`` (the pool entry ``best_name``) or ``None``; ``params`` are the method's
-    hyper-parameters; the run is named ``name`` (default: the method's name). Notebooks use this to train several
-    methods on the same teachers and data.
-    """
-    method_config = MethodConfig(method, dict(params or {}))
-    name = name or method
-    if teachers is None:
-        return dataclasses.replace(base, name=name, teachers=None, method=method_config)
-    assert base.teachers is not None, "the base config has no teachers"
-    selected = dataclasses.replace(base.teachers, entries=[best_name]) if teachers == "best" else base.teachers
-    return dataclasses.replace(base, name=name, teachers=selected, method=method_config)
+    return rows, best_teacher(base, pool)
 
 
 def format_table(rows: Sequence[DemoRow]) -> str:

@@ -64,9 +64,9 @@ def test_missing_dataset_is_a_clear_error(tmp_path, home):
 
 
 def test_teachers_train_list_import(tmp_path, home):
-    mkdlab("teachers", "train", "--arch", "resnet8", "--seeds", "0", "--epochs", "1", "--batch-size", "256",
-           "--out", "runs", home=home, cwd=tmp_path)
-    listing = mkdlab("teachers", "list", "--json", home=home, cwd=tmp_path)
+    mkdlab("teachers", "train", "demo", "teachers.arch=resnet8", "teachers.seeds=[0]", "teachers.epochs=1",
+           "data.batch_size=256", "output.dir=runs", "--device", "cpu", home=home, cwd=tmp_path)
+    listing = mkdlab("list", "teachers", "--json", home=home, cwd=tmp_path)
     rows = json.loads(listing.stdout)
     assert [row["name"] for row in rows] == ["resnet8-fashion_mnist_mini-s0-e1"]
     assert 0 < rows[0]["top1"] <= 100
@@ -74,16 +74,39 @@ def test_teachers_train_list_import(tmp_path, home):
     path = tmp_path / "resnet8_cifar.pth"
     torch.save({"model": create("resnet8").state_dict(), "epoch": 240}, path)
     mkdlab("teachers", "import", str(path), "--arch", "resnet8", "--name", "r8", home=home, cwd=tmp_path)
-    names = [row["name"] for row in json.loads(mkdlab("teachers", "list", "--json", home=home, cwd=tmp_path).stdout)]
+    names = [row["name"] for row in json.loads(mkdlab("list", "teachers", "--json", home=home, cwd=tmp_path).stdout)]
     assert names == ["r8", "resnet8-fashion_mnist_mini-s0-e1"]
 
 
 def test_presets_are_listed_and_a_base_recipe_is_not_trained(tmp_path, home):
-    names = mkdlab("presets", home=home, cwd=tmp_path).stdout.split()
+    names = [row["preset"] for row in json.loads(mkdlab("list", "presets", "--json", home=home, cwd=tmp_path).stdout)]
     assert "demo" in names and "mmkd_parity" in names and not [name for name in names if "/" in name]
     result = mkdlab("train", "base/multi_teacher", home=home, cwd=tmp_path, check=False)
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert "'base/multi_teacher' is a base recipe that presets extend" in result.stderr
+
+
+def test_one_list_command_names_what_every_command_accepts(tmp_path, home):
+    methods = json.loads(mkdlab("list", "methods", "--json", home=home, cwd=tmp_path).stdout)
+    assert {"kd": "one", "ce": "none", "mmkd": "many"}.items() <= {m["method"]: m["teachers"] for m in methods}.items()
+    models = [row["model"] for row in json.loads(mkdlab("list", "models", "--json", home=home, cwd=tmp_path).stdout)]
+    assert "resnet8" in models and "resnet32x4" in models
+    assert "compare_fmnist" in mkdlab("list", "studies", home=home, cwd=tmp_path).stdout.split()
+
+
+@pytest.mark.parametrize(("args", "new"), [
+    (["presets"], "list presets"),
+    (["teachers", "list"], "list teachers"),
+    (["teachers", "train", "--arch", "resnet20"], "teachers train demo teachers.arch="),
+    (["reproduce", "compare_fmnist", "--methods", "kd"], "--columns"),
+    (["reproduce", "--list"], "list studies"),
+    (["bench", "--teacher", "resnet56"], "--teacher-arch"),
+    (["bench", "--teachers", "3"], "--num-teachers"),
+])
+def test_old_spellings_fail_naming_the_new_one(tmp_path, home, args, new):
+    result = mkdlab(*args, home=home, cwd=tmp_path, check=False)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert "was renamed" in result.stderr and new in result.stderr
 
 
 def test_demo_on_a_tiny_budget(tmp_path, home):

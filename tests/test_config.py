@@ -5,11 +5,12 @@ from __future__ import annotations
 import pytest
 
 from mkdlab.config import ConfigError, ExperimentConfig, apply_overrides, available_presets, load_config
+from mkdlab.experiment import load_experiment, method_params
 from mkdlab.methods.kd import KDParams
 
 
 def test_defaults_validate():
-    config = load_config({"method": {"name": "ce"}})
+    config = load_experiment({"method": {"name": "ce"}})
     assert isinstance(config, ExperimentConfig)
     assert config.train.milestones == [150, 180, 210]
 
@@ -47,14 +48,12 @@ def test_weight_decay_written_as_5e_4_is_a_float():
 )
 def test_invalid_configs_name_the_problem_and_the_choices(data, overrides, needle):
     with pytest.raises(ConfigError) as info:
-        load_config(data, overrides)
+        load_experiment(data, overrides)
     assert needle in str(info.value)
 
 
 def test_method_params_are_typed():
-    config = load_config({"method": {"name": "kd", "params": {"temperature": 3}}, "teachers": {}})
-    from mkdlab.config import method_params
-
+    config = load_experiment({"method": {"name": "kd", "params": {"temperature": 3}}, "teachers": {"seeds": [0]}})
     params = method_params(config)
     assert params == KDParams(temperature=3.0)
 
@@ -62,7 +61,7 @@ def test_method_params_are_typed():
 def test_every_preset_loads_and_validates():
     assert available_presets(), "no presets shipped"
     for name in available_presets():
-        load_config(name)
+        load_experiment(name)
 
 
 def test_unknown_preset_lists_presets():

@@ -10,9 +10,10 @@ import pytest
 import torch
 from helpers import StopAt
 
-from mkdlab.config import TrainConfig, load_config, method_params
+from mkdlab.config import TrainConfig, load_config
 from mkdlab.data import DeviceLoader
 from mkdlab.engine import Trainer, TrainingInterrupted
+from mkdlab.experiment import method_params
 from mkdlab.methods.base import Batch
 from mkdlab.methods.dtskd import (
     DTSKD,

@@ -12,9 +12,10 @@ import torch
 from helpers import StopAt
 from torch import nn
 
-from mkdlab.config import TrainConfig, load_config, method_params
+from mkdlab.config import TrainConfig, load_config
 from mkdlab.data import DeviceLoader
 from mkdlab.engine import Trainer, TrainingInterrupted
+from mkdlab.experiment import method_params
 from mkdlab.losses import (
     cat_distances,
     cat_loss,

@@ -21,7 +21,7 @@ from mkdlab.config import (
     read_preset,
     read_profile,
 )
-from mkdlab.demo import demo_config
+from mkdlab.experiment import lesson_config
 from mkdlab.profiles import Profile
 from mkdlab.typed import ConfigError
 
@@ -59,7 +59,7 @@ def test_every_preset_resolves_to_its_golden_config(name):
 
 @pytest.mark.parametrize("profile", list(Profile))
 def test_every_demo_profile_resolves_to_its_golden_config(profile):
-    assert GOLDEN_MODULE.resolved(demo_config(profile)) == GOLDEN["profiles"][profile.value]
+    assert GOLDEN_MODULE.resolved(lesson_config(profile)) == GOLDEN["profiles"][profile.value]
 
 
 # -- merge_config_mappings -------------------------------------------------------------------------------------------
@@ -160,7 +160,7 @@ def test_an_override_beats_every_layer(tmp_path):
     config = load_config(tmp_path / "mine.yaml", ["train.lr=0.3", "train.nesterov=true",
                                                    "method.params.cat_weight=100"])
     assert (config.train.lr, config.train.nesterov, config.method.params["cat_weight"]) == (0.3, True, 100)
-    smoke = demo_config(Profile.SMOKE, overrides=["train.epochs=7", "teachers.max_steps=3"])
+    smoke = lesson_config(Profile.SMOKE, overrides=["train.epochs=7", "teachers.max_steps=3"])
     assert (smoke.train.epochs, smoke.train.max_steps, smoke.teachers.max_steps) == (7, 8, 3)
 
 

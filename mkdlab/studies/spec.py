@@ -20,13 +20,12 @@ import yaml
 from mkdlab.config import (
     ExperimentConfig,
     MethodConfig,
-    TeachersConfig,
     apply_overrides,
     load_config,
     merge_config_mappings,
     read_preset,
-    validate,
 )
+from mkdlab.experiment import validate, with_method
 from mkdlab.typed import ConfigError
 
 STUDY_PACKAGE = "mkdlab.studies"
@@ -161,36 +160,17 @@ def run_config(row: StudyRow, column: Column, seed: int, out: Path) -> Experimen
     """The experiment of one (column, seed): the row's base with that method, student seed and run directory.
 
     The teachers stay those of the row (their own seeds): only the student's initialisation and data order change
-    with ``seed``, as in the papers' "three trials". A single-teacher method gets the row's teacher number
-    ``column.teacher``; a method without teachers gets none.
+    with ``seed``, as in the papers' "three trials". Which teachers the method gets is
+    :func:`~mkdlab.experiment.teachers_for`'s rule: a single-teacher method the row's teacher number
+    ``column.teacher``, a method without teachers none.
     """
-    base = row.base
-    required = _method_class(column.method.name).teachers_required
-    if required == "none":
-        base = dataclasses.replace(base, teachers=None)
-    elif required == "one" and base.teachers is not None:
-        base = dataclasses.replace(base, teachers=_one_teacher(base.teachers, column))
-    return dataclasses.replace(
-        base, name=f"{column.label}/seed{seed}", method=column.method,
-        train=dataclasses.replace(base.train, seed=seed),
-        output=dataclasses.replace(base.output, dir=str(out / row.name)),
-    )
-
-
-def _one_teacher(teachers: TeachersConfig, column: Column) -> TeachersConfig:
-    count = len(teachers.entries or teachers.seeds)
-    if not 0 <= column.teacher < count:
-        raise ConfigError(f"column {column.label!r}: teacher {column.teacher} does not exist (the row has {count})")
-    if teachers.entries:
-        return dataclasses.replace(teachers, entries=[teachers.entries[column.teacher]])
-    return dataclasses.replace(teachers, arch=[teachers.architectures()[column.teacher]],
-                               seeds=[teachers.seeds[column.teacher]])
-
-
-def _method_class(name: str) -> Any:
-    from mkdlab.methods.registry import get_method
-
-    return get_method(name)
+    try:
+        config = with_method(row.base, column.method.name, params=column.method.params, teacher=column.teacher,
+                             name=f"{column.label}/seed{seed}")
+    except ConfigError as err:
+        raise ConfigError(f"study {row.name!r}, column {column.label!r}: {err}") from None
+    return dataclasses.replace(config, train=dataclasses.replace(config.train, seed=seed),
+                               output=dataclasses.replace(config.output, dir=str(out / row.name)))
 
 
 def run_dir(out: str | Path, row: StudyRow, label: str, seed: int) -> Path:

@@ -1,7 +1,7 @@
 """Write ``tests/data/resolved_presets.json``: every preset and demo profile, fully resolved.
 
 The golden file of ``tests/test_presets.py``. Each preset (``load_config(name)``) and each demo profile
-(``demo_config(profile)``) is stored as ``to_dict(config)`` with ``method.params`` replaced by the method's typed
+(``lesson_config(profile)``) is stored as ``to_dict(config)`` with ``method.params`` replaced by the method's typed
 ``Params`` with every default filled in, so the test sees any change to what a preset means, not only to how it is
 written. A change of a preset or a default made on purpose regenerates it with one command, from the repository
 root::
@@ -16,8 +16,8 @@ import json
 from pathlib import Path
 from typing import Any
 
-from mkdlab.config import ExperimentConfig, available_presets, load_config, method_params
-from mkdlab.demo import demo_config
+from mkdlab.config import ExperimentConfig, available_presets, load_config
+from mkdlab.experiment import lesson_config, method_params
 from mkdlab.profiles import Profile
 from mkdlab.typed import to_dict
 
@@ -37,7 +37,7 @@ def resolve_all() -> dict[str, Any]:
     return {
         "regenerate": COMMAND,
         "presets": {name: resolved(load_config(name)) for name in available_presets()},
-        "profiles": {profile.value: resolved(demo_config(profile)) for profile in Profile},
+        "profiles": {profile.value: resolved(lesson_config(profile)) for profile in Profile},
     }
 
 
