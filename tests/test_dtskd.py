@@ -13,15 +13,9 @@ from helpers import StopAt
 from mkdlab.config import TrainConfig, load_config, method_params
 from mkdlab.data import DeviceLoader
 from mkdlab.engine import Trainer, TrainingInterrupted
+from mkdlab.losses.self_distillation import cosine_alpha, linear_alpha, smoothed_kl, structural_loss
 from mkdlab.methods.base import Batch
-from mkdlab.methods.dtskd import (
-    DTSKD,
-    DTSKDParams,
-    cosine_alpha,
-    linear_alpha,
-    smoothed_kl,
-    structural_loss,
-)
+from mkdlab.methods.dtskd import DTSKD, DTSKDParams
 from mkdlab.models import count_parameters, create
 from mkdlab.models.branches import MultiBranchNet, TopDownBranches
 from mkdlab.typed import ConfigError

@@ -8,13 +8,13 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from mkdlab.losses.divergences import weighted_kd_loss
-from mkdlab.losses.weights import confidence_weights
+from mkdlab.losses.features import per_sample_mse, resize_to
+from mkdlab.losses.multi_teacher import weighted_kd_loss
+from mkdlab.losses.weightings import confidence_weights
 from mkdlab.methods.adapters import Embed
 from mkdlab.methods.base import Batch, Distiller, StepOutput
-from mkdlab.methods.multi_teacher_common import (
+from mkdlab.methods.feature_terms import (
     feature_term_active,
-    per_sample_mse,
     tap_shape,
     zero_term,
 )
@@ -41,21 +41,11 @@ class CAMKDParams:
     parity: bool = False
 
 
-def resize_to(feature_map: Tensor, size: tuple[int, int]) -> Tensor:
-    """CA-MKD's resizing: adaptive average pool when the map is at least as large as ``size`` (by height), else
-    bilinear upsampling (``align_corners=False``, PyTorch's default); identity when the size already matches."""
-    if tuple(feature_map.shape[-2:]) == tuple(size):
-        return feature_map
-    if feature_map.shape[-2] >= size[0]:
-        return F.adaptive_avg_pool2d(feature_map, size)
-    return F.interpolate(feature_map, size=size, mode="bilinear", align_corners=False)
-
-
 @register_method("ca_mkd")
 class CAMKD(Distiller):
     r"""Confidence-aware multi-teacher KD (methods.md §4.8).
 
-    Logit branch, with :func:`~mkdlab.losses.weights.confidence_weights` (teacher cross-entropies, constants):
+    Logit branch, with :func:`~mkdlab.losses.weightings.confidence_weights` (teacher cross-entropies, constants):
 
     .. math::
         w_{kb} = \frac{1-\mathrm{softmax}_k(\mathrm{CE}(z^k_b,y_b))}{K-1},\qquad

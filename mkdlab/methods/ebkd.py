@@ -6,8 +6,8 @@ from dataclasses import dataclass
 
 import torch.nn.functional as F
 
-from mkdlab.losses.divergences import weighted_kd_loss
-from mkdlab.losses.weights import EntropyNorm, entropy_weights
+from mkdlab.losses.multi_teacher import weighted_kd_loss
+from mkdlab.losses.weightings import EntropyNorm, entropy_weights
 from mkdlab.methods.base import Batch, Distiller, StepOutput
 from mkdlab.methods.registry import register_method
 
@@ -38,7 +38,7 @@ class EBKD(Distiller):
         \mathcal L = \gamma\,\mathrm{CE} + \alpha\,\frac1{BK}\sum_b\sum_k w_{kb}\,\ell^{KL}_T(z^s,z^k)_b
 
     implemented as :math:`\frac1B\sum_{b,k}\tilde w_{kb}\ell_{kb}` with the effective weights
-    :math:`\tilde w=` :func:`~mkdlab.losses.weights.entropy_weights` (``norm=weight_norm``); the default
+    :math:`\tilde w=` :func:`~mkdlab.losses.weightings.entropy_weights` (``norm=weight_norm``); the default
     ``"per_K"`` gives :math:`\tilde w = w/K` — exactly the official loss above. The weights depend on the
     teachers only (constants). Terms ``"ce"``, ``"kd"``.
 

@@ -8,8 +8,8 @@ import torch
 import torch.nn.functional as F
 
 from mkdlab.losses import kd_loss
-from mkdlab.losses.divergences import weighted_kd_loss
-from mkdlab.losses.weights import average_weights
+from mkdlab.losses.multi_teacher import weighted_kd_loss
+from mkdlab.losses.weightings import average_weights
 from mkdlab.methods.base import Batch, Distiller, StepOutput
 from mkdlab.methods.registry import register_method
 
