@@ -2,7 +2,7 @@
 
 * divergences (one student, one target): :func:`kd_loss`, :func:`soft_target_kl`, :func:`dkd_loss`,
   :func:`dkd_terms`;
-* multi_teacher (K×B×C teacher logits): :func:`weighted_kd_loss`, :func:`per_teacher_kd`,
+* multi_teacher (K×B×C teacher logits): :func:`weighted_kd_loss`, :func:`weighted_kd`, :func:`per_teacher_kd`,
   :func:`de_mkd_kd_loss`, :func:`integrated_target`;
 * weightings (K×B×C teacher logits and labels in, B×K weights out): :func:`average_weights`,
   :func:`entropy_weights`, :func:`confidence_weights`, :func:`de_mkd_weights`, :data:`WEIGHT_SUMS`; the registry
@@ -48,6 +48,7 @@ from mkdlab.losses.multi_teacher import (
     de_mkd_kd_loss,
     integrated_target,
     per_teacher_kd,
+    weighted_kd,
     weighted_kd_loss,
 )
 from mkdlab.losses.precision import at_least_float32
@@ -117,6 +118,7 @@ __all__ = [
     "target_loss",
     "weak_loss",
     "weighted_feature_loss",
+    "weighted_kd",
     "weighted_kd_loss",
     "zipf_nontarget_labels",
 ]

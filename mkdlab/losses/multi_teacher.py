@@ -1,17 +1,22 @@
 r"""Multi-teacher logit losses: the logits of K teachers, stacked K×B×C, against one student's B×C logits.
 
 * :func:`weighted_kd_loss` — per-sample weighted KD :math:`\frac1B\sum_b\sum_k w_{bk}\,\ell^{KL}_T(z^s,z^k)_b`;
+* :func:`weighted_kd` — the same with the weights from a weighting of :mod:`mkdlab.losses.weightings`: AVER-KD,
+  EBKD and CA-MKD's logit branch are this one loss with another weighting;
 * :func:`per_teacher_kd`, :func:`de_mkd_kd_loss` — DE-MKD's per-teacher decoupled KD;
 * :func:`integrated_target` — AMTML-KD's importance-weighted mixture of the teachers' distributions.
 """
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
 from mkdlab.losses.divergences import dkd_terms, kd_loss
+from mkdlab.losses.weightings import Weighting
 
 
 def weighted_kd_loss(student_logits: Tensor, teacher_logits: Tensor, weights: Tensor,
@@ -24,6 +29,41 @@ def weighted_kd_loss(student_logits: Tensor, teacher_logits: Tensor, weights: Te
     """
     per_sample = torch.stack([kd_loss(student_logits, t, temperature, reduction="none") for t in teacher_logits])
     return (weights.T * per_sample).sum(0).mean()
+
+
+class WeightedKDLoss(NamedTuple):
+    """What :func:`weighted_kd` returns: the scalar loss and the B×K weights the weighting gave."""
+
+    loss: Tensor
+    weights: Tensor
+
+
+def weighted_kd(student_logits: Tensor, teacher_logits: Tensor, labels: Tensor, weighting: Weighting,
+                temperature: float = 4.0, mean_over_teachers: bool = False) -> WeightedKDLoss:
+    r"""Weighted multi-teacher KD with the weights of ``weighting`` (methods.md §1, §4.5, §4.7, §4.8):
+
+    .. math::
+        w = \mathrm{weighting}(z^{1..K}, y)\in\mathbb R^{B\times K},\qquad
+        \mathcal L = \frac1{B\,D}\sum_b\sum_k w_{bk}\,\ell^{KL}_T(z^s,z^k)_b
+
+    with :math:`D=1`, or :math:`D=K` with ``mean_over_teachers`` (CA-MKD's official loss divides the weighted sum
+    by :math:`K` once more). AVER-KD is ``aver``, EBKD ``entropy`` (``norm="per_K"`` by default) and CA-MKD's logit
+    branch ``confidence`` with ``mean_over_teachers``.
+
+    Args:
+        student_logits: B×C student logits.
+        teacher_logits: K×B×C teacher logits (constants: compute them without grad).
+        labels: B class indices (used by the weightings that need them).
+        weighting: ``(teacher_logits, labels) -> B×K``, e.g. :func:`~mkdlab.losses.weightings.get_weighting`.
+        temperature: softening temperature T.
+        mean_over_teachers: divide the weights by K before weighting the losses.
+
+    Returns:
+        The loss and the weights :math:`w` as the weighting gave them (before any :math:`1/K`).
+    """
+    weights = weighting(teacher_logits, labels)
+    applied = weights / teacher_logits.shape[0] if mean_over_teachers else weights
+    return WeightedKDLoss(weighted_kd_loss(student_logits, teacher_logits, applied, temperature), weights)
 
 
 def per_teacher_kd(student_logits: Tensor, teacher_logits: Tensor, target: Tensor, temperature: float = 4.0,
@@ -63,4 +103,5 @@ def integrated_target(importances: Tensor, teacher_logits: Tensor, temperature: 
     return torch.einsum("bk,kbc->bc", importances, probs)
 
 
-__all__ = ["de_mkd_kd_loss", "integrated_target", "per_teacher_kd", "weighted_kd_loss"]
+__all__ = ["WeightedKDLoss", "de_mkd_kd_loss", "integrated_target", "per_teacher_kd", "weighted_kd",
+           "weighted_kd_loss"]
