@@ -6,7 +6,7 @@ CE + equal-weight KD) on the same architectures and batch size:
 * **reference**: written the way the official repositories (RepDistiller, CA-MKD, MMKD) do it: a torchvision
   ``DataLoader`` with PIL transforms, fp32, the teachers called one after another with every feature map
   gathered (``is_feat=True``), the student's features gathered too;
-* **mkdlab**: the real :class:`~mkdlab.engine.trainer.Trainer` running :class:`~mkdlab.methods.kd.AverKD`:
+* **mkdlab**: the real :class:`~mkdlab.engine.trainer.Trainer` running :class:`~mkdlab.methods.weighted_kd.AverKD`:
   data resident on the device and augmented there, teachers under ``inference_mode`` (batched into one vmapped call
   where that is faster), channels_last, and bf16 autocast on CUDA.
 
@@ -32,7 +32,7 @@ from mkdlab.engine.trainer import Trainer
 from mkdlab.losses import kd_loss
 from mkdlab.methods.base import TrainingHooks, TrainState
 from mkdlab.methods.ensemble import TeacherEnsemble
-from mkdlab.methods.kd import AverKD
+from mkdlab.methods.weighted_kd import AverKD
 from mkdlab.models import create
 
 

@@ -12,8 +12,9 @@ import torch.nn.functional as F
 from mkdlab.config import TrainConfig, load_config
 from mkdlab.engine.trainer import Trainer
 from mkdlab.experiment import run_experiment
+from mkdlab.losses.divergences import soft_target_kl
 from mkdlab.losses.relational import pairwise_distances, rkd_angle_loss, rkd_distance_loss
-from mkdlab.methods.amtml_kd import AMTMLKD, AMTMLKDParams, soft_target_kl
+from mkdlab.methods.amtml_kd import AMTMLKD, AMTMLKDParams
 from mkdlab.methods.base import Batch
 from mkdlab.models import create
 from mkdlab.teachers import TeacherPool

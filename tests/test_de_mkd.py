@@ -9,8 +9,10 @@ import torch
 
 from mkdlab.config import load_config
 from mkdlab.experiment import run_experiment
+from mkdlab.losses.multi_teacher import de_mkd_kd_loss
+from mkdlab.losses.weightings import de_mkd_weights
 from mkdlab.methods.base import Batch
-from mkdlab.methods.de_mkd import DEMKD, DEMKDParams, de_mkd_kd_loss, de_mkd_weights
+from mkdlab.methods.de_mkd import DEMKD, DEMKDParams
 from mkdlab.models import create
 from mkdlab.teachers import TeacherPool
 from mkdlab.typed import ConfigError

@@ -14,15 +14,9 @@ from mkdlab.config import TrainConfig, load_config
 from mkdlab.data import DeviceLoader
 from mkdlab.engine import Trainer, TrainingInterrupted
 from mkdlab.experiment import method_params
+from mkdlab.losses.self_distillation import cosine_alpha, linear_alpha, smoothed_kl, structural_loss
 from mkdlab.methods.base import Batch
-from mkdlab.methods.dtskd import (
-    DTSKD,
-    DTSKDParams,
-    cosine_alpha,
-    linear_alpha,
-    smoothed_kl,
-    structural_loss,
-)
+from mkdlab.methods.dtskd import DTSKD, DTSKDParams
 from mkdlab.models import count_parameters, create
 from mkdlab.models.branches import MultiBranchNet, TopDownBranches
 from mkdlab.typed import ConfigError

@@ -17,6 +17,7 @@ from mkdlab.config import TrainConfig, load_config
 from mkdlab.data import DeviceLoader, make_loaders
 from mkdlab.engine import Trainer, TrainingInterrupted
 from mkdlab.experiment import build_method
+from mkdlab.losses.features import gram_matrix
 from mkdlab.methods.base import Batch
 from mkdlab.methods.hard_buffer import HardBuffer
 from mkdlab.methods.meta import (
@@ -27,7 +28,7 @@ from mkdlab.methods.meta import (
     sgd_update,
     unrolled_hypergradient,
 )
-from mkdlab.methods.mmkd import MMKD, FeatureWeight, LogitsWeight, MMKDParams, gram_matrix
+from mkdlab.methods.mmkd import MMKD, FeatureWeight, LogitsWeight, MMKDParams
 from mkdlab.models import create
 from mkdlab.models.common import ZooModel, make_taps
 

@@ -237,7 +237,7 @@ def test_teachers_stay_frozen_and_in_eval_mode():
 
 
 def test_recorded_extras_cover_every_training_sample(tmp_path):
-    from mkdlab.methods.kd import AverKD
+    from mkdlab.methods.weighted_kd import AverKD
 
     train, test = loaders()
     trainer = Trainer(AverKD(tiny_net(), [tiny_net(1), tiny_net(2)]), train, test, config(epochs=2), run_dir=tmp_path,

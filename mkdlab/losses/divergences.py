@@ -1,4 +1,6 @@
-"""Logit-matching losses: vanilla KD (Hinton et al., 2015) and decoupled KD (Zhao et al., 2022)."""
+"""Logit-matching losses between one student and one target: vanilla KD (Hinton et al., 2015), KL to a probability
+target (:func:`soft_target_kl`) and decoupled KD (Zhao et al., 2022). The multi-teacher forms are in
+:mod:`mkdlab.losses.multi_teacher`."""
 
 from __future__ import annotations
 
@@ -39,15 +41,23 @@ def kd_loss(
     return reduce(per_sample, reduction, classes=student_logits.shape[1])
 
 
-def weighted_kd_loss(student_logits: Tensor, teacher_logits: Tensor, weights: Tensor,
-                     temperature: float = 4.0) -> Tensor:
-    r"""Per-sample weighted multi-teacher KD: :math:`rac1B\sum_b\sum_k w_{bk}\,\ell^{KL}_T(z^s,z^k)_b`.
+def soft_target_kl(student_logits: Tensor, target: Tensor, temperature: float,
+                   reduction: Literal["batchmean", "mean"] = "batchmean") -> Tensor:
+    r"""KL divergence to a probability target, AMTML-KD's soft loss (Liu, Zhang, Wang, Neurocomputing 2020;
+    methods.md §5.1):
 
-    ``teacher_logits`` are stacked K×B×C and ``weights`` are B×K. With :math:`w=1/K` this is AVER-KD; EBKD,
-    CA-MKD and MMKD differ only in their weights (and in whether these sum to 1, methods.md §1).
+    .. math::
+        \mathcal L = \frac{T^2}{D}\sum_{b,c} q_{bc}\big(\log q_{bc} - \log p^s_{T,bc}\big),\qquad
+        p^s_T = \mathrm{softmax}(z^s/T)
+
+    with :math:`D = B` (``"batchmean"``) or :math:`D = BC` (``"mean"``, PyTorch's ``KLDivLoss()`` default).
+    ``target`` is a B×C probability table :math:`q` (e.g. :func:`~mkdlab.losses.multi_teacher.integrated_target`);
+    terms with :math:`q_{bc}=0` contribute 0 (``xlogy``). The student logits are computed in float32.
     """
-    per_sample = torch.stack([kd_loss(student_logits, t, temperature, reduction="none") for t in teacher_logits])
-    return (weights.T * per_sample).sum(0).mean()
+    log_p_s = F.log_softmax(student_logits.float() / temperature, dim=1)
+    total = torch.xlogy(target, target).sum() - (target * log_p_s).sum()
+    divisor = target.shape[0] * (target.shape[1] if reduction == "mean" else 1)
+    return temperature**2 * total / divisor
 
 
 def reduce(per_sample: Tensor, reduction: Reduction, classes: int = 1) -> Tensor:

@@ -1,14 +1,23 @@
-"""Feature-matching losses: FitNet hints (Romero et al., 2015) and attention transfer (Zagoruyko & Komodakis, 2017)."""
+"""Feature-matching losses and the map operations they need.
+
+* hints: :func:`hint_loss` (FitNet, Romero et al., 2015), :func:`per_sample_mse` (its per-sample form in float32,
+  weighted by CA-MKD, DE-MKD and MMKD), :func:`weighted_feature_loss` (DE-MKD), :func:`normalised_hint_loss`
+  (AMTML-KD);
+* attention transfer (Zagoruyko & Komodakis, 2017): :func:`attention_map`, :func:`at_loss`;
+* map operations: :func:`resize_to` (CA-MKD's pool-or-upsample), :func:`gram_matrix` (MMKD's batch Gram matrix).
+"""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from typing import Literal
 
+import torch
 import torch.nn.functional as F
 from torch import Tensor
 
 from mkdlab.losses.divergences import reduce
+from mkdlab.losses.precision import at_least_float32
 
 
 def hint_loss(
@@ -38,6 +47,31 @@ def hint_loss(
                          f"{tuple(teacher_map.shape)} (teacher); map the student with a regressor first")
     per_sample = (student_map - teacher_map).pow(2).flatten(1).mean(1)
     return reduce(per_sample, reduction)
+
+
+def per_sample_mse(student_map: Tensor, teacher_map: Tensor) -> Tensor:
+    r"""Per-sample MSE :math:`\ell_b=\mathrm{mean}_{chw}(F^s_b-F^t_b)^2` (methods.md §1, "per-sample MSE"), shape
+    (B,): :func:`hint_loss` with ``reduction="none"``, computed in float32 at least (under autocast the maps may be
+    half precision)."""
+    return hint_loss(at_least_float32(student_map), at_least_float32(teacher_map), reduction="none")
+
+
+def weighted_feature_loss(student_maps: Sequence[Tensor], teacher_maps: Sequence[Tensor], weights: Tensor) -> Tensor:
+    r"""DE-MKD's intermediate loss (Cheng et al., Mathematics 2024, Eq. 5; methods.md §5.2)
+
+    .. math:: \mathcal L_{inter}=\frac1B\sum_b\sum_k\tilde w_{kb}\,\mathrm{mean}_{chw}(r_k(F^s)_b-F^k_b)^2
+
+    from the K regressed student maps, the K teacher maps and B×K weights (no β)."""
+    mse = torch.stack([per_sample_mse(s, t) for s, t in zip(student_maps, teacher_maps, strict=True)])  # K×B
+    return (weights.T * mse).sum(0).mean()
+
+
+def normalised_hint_loss(projected: Tensor, teacher_hint: Tensor) -> Tensor:
+    r"""AMTML-KD's hint (Liu, Zhang, Wang, Neurocomputing 2020; methods.md §5.1)
+    :math:`\mathrm{mean}\big((P(\bar S)-\bar H)^2\big)`: ``projected`` = :math:`P(\bar S)` (B×C×h×w), the teacher
+    map (B×C×h'×w', a 1×1 map broadcasts over the student grid) is L2-normalised along channels here."""
+    target = F.normalize(teacher_hint.float(), dim=1).expand_as(projected)
+    return (projected.float() - target).pow(2).mean()
 
 
 def attention_map(feature_map: Tensor, p: float = 2.0) -> Tensor:
@@ -91,3 +125,35 @@ def at_loss(student_maps: Sequence[Tensor], teacher_maps: Sequence[Tensor], p: f
         total = term if total is None else total + term
     assert total is not None
     return total
+
+
+def resize_to(feature_map: Tensor, size: tuple[int, int]) -> Tensor:
+    """CA-MKD's resizing (methods.md §4.8): adaptive average pool when the map is at least as large as ``size`` (by
+    height), else bilinear upsampling (``align_corners=False``, PyTorch's default); identity when the size already
+    matches."""
+    if tuple(feature_map.shape[-2:]) == tuple(size):
+        return feature_map
+    if feature_map.shape[-2] >= size[0]:
+        return F.adaptive_avg_pool2d(feature_map, size)
+    return F.interpolate(feature_map, size=size, mode="bilinear", align_corners=False)
+
+
+def gram_matrix(feature_map: Tensor, norm: Literal["none", "row_l2"] = "none") -> Tensor:
+    r"""MMKD's batch Gram matrix (Zhang, Chen, Wang, ICME 2023, Eq. 3; methods.md §5.3): :math:`G=QQ^\top` with
+    :math:`Q=\mathrm{vec}(F)\in\mathbb R^{B\times chw}`, B×B; ``"row_l2"`` L2-normalises each row
+    (similarity-preserving KD's normalisation)."""
+    q = feature_map.flatten(1)
+    gram = q @ q.T
+    return F.normalize(gram, dim=1) if norm == "row_l2" else gram
+
+
+__all__ = [
+    "at_loss",
+    "attention_map",
+    "gram_matrix",
+    "hint_loss",
+    "normalised_hint_loss",
+    "per_sample_mse",
+    "resize_to",
+    "weighted_feature_loss",
+]

@@ -10,9 +10,9 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from mkdlab.losses import kd_loss
-from mkdlab.losses.weights import aekd_weights
+from mkdlab.losses.aekd_solver import aekd_weights
 from mkdlab.methods.base import Batch, Distiller, StepOutput
-from mkdlab.methods.multi_teacher_common import (
+from mkdlab.methods.feature_terms import (
     feature_term_active,
     hint_regressors,
     zero_term,
@@ -62,7 +62,7 @@ class AEKD(Distiller):
         \alpha = \arg\min_{\alpha\ge0,\ \sum\alpha=1,\ \alpha_k\le C}\tfrac12\alpha^\top G\alpha,\qquad
         \mathcal L = \gamma\,\mathrm{CE} + \alpha_{KD}\sum_k \alpha_k L_k
 
-    with :math:`\alpha` from :func:`~mkdlab.losses.weights.aekd_weights` treated as constants. The feature variant
+    with :math:`\alpha` from :func:`~mkdlab.losses.aekd_solver.aekd_weights` treated as constants. The feature variant
     adds :math:`\beta\sum_k\alpha'_k\,\mathrm{MSE}_{\text{mean}}(r_k(F^s_{\text{hint}}),F^k_{\text{hint}})`, the
     :math:`\alpha'` from the batch-averaged gradients of the hint losses w.r.t. the student hint map
     (normalised by default), switched off while the 0-based epoch is below ``feature_warmup_epochs``.

@@ -27,7 +27,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from mkdlab.losses.divergences import soft_target_kl
+from mkdlab.losses.features import normalised_hint_loss
+from mkdlab.losses.multi_teacher import integrated_target
 from mkdlab.losses.relational import rkd_angle_loss, rkd_distance_loss
+from mkdlab.losses.weightings import importance_scores
 from mkdlab.methods.base import Batch, Distiller, StepOutput, TrainState
 from mkdlab.methods.registry import register_method
 from mkdlab.models.summary import probe_shapes
@@ -84,34 +88,6 @@ class AMTMLKDParams:
     adapter_lr_decay: float = 0.1
     phase2_weights: Literal["instance", "teacher_level"] = "instance"
     latent_seed: int = 1
-
-
-def importance_scores(v: Tensor, theta: Tensor, w: Tensor) -> Tensor:
-    r"""AMTML-KD scores :math:`s_{bk}=\sum_c v_{bc}\,\theta_{kc}\,W_c` (B×d, K×d, d → B×K)."""
-    return v @ (theta * w).T
-
-
-def integrated_target(importances: Tensor, teacher_logits: Tensor, temperature: float) -> Tensor:
-    r""":math:`q_b=\sum_k \mu_{bk}\,\mathrm{softmax}(z^k_b/T)`: importances B×K, teacher logits K×B×C → B×C."""
-    probs = F.softmax(teacher_logits.float() / temperature, dim=2)
-    return torch.einsum("bk,kbc->bc", importances, probs)
-
-
-def soft_target_kl(student_logits: Tensor, target: Tensor, temperature: float,
-                   reduction: Literal["batchmean", "mean"] = "batchmean") -> Tensor:
-    r""":math:`T^2\,\mathrm{KL}(q\,\|\,p^s_T)` to a probability target ``q`` (B×C), ``batchmean`` (÷B) or ``mean``
-    (÷BC, PyTorch's ``KLDivLoss()`` default). Terms with :math:`q_{bc}=0` contribute 0."""
-    log_p_s = F.log_softmax(student_logits.float() / temperature, dim=1)
-    total = torch.xlogy(target, target).sum() - (target * log_p_s).sum()
-    divisor = target.shape[0] * (target.shape[1] if reduction == "mean" else 1)
-    return temperature**2 * total / divisor
-
-
-def normalised_hint_loss(projected: Tensor, teacher_hint: Tensor) -> Tensor:
-    r"""Hint :math:`\mathrm{mean}\big((P(\bar S)-\bar H)^2\big)`: ``projected`` = :math:`P(\bar S)` (B×C×h×w), the
-    teacher map (B×C×h'×w', a 1×1 map broadcasts over the student grid) is L2-normalised along channels here."""
-    target = F.normalize(teacher_hint.float(), dim=1).expand_as(projected)
-    return (projected.float() - target).pow(2).mean()
 
 
 def _as_map(x: Tensor) -> Tensor:
@@ -264,7 +240,8 @@ class AMTMLKD(Distiller):
         return F.softmax(logits.float() / t, dim=1)
 
     def hint_terms(self, student_maps: dict[str, Tensor], teacher_maps: list[dict[str, Tensor]]) -> Tensor:
-        """Sum over the hint pairs of :func:`normalised_hint_loss` (student map channel-normalised, then P)."""
+        """Sum over the hint pairs of :func:`~mkdlab.losses.features.normalised_hint_loss` (student map
+        channel-normalised, then P)."""
         total = []
         for conv, (name, index, teacher_map) in zip(self.hint_convs, self.hint_pairs, strict=True):
             student = F.normalize(_as_map(student_maps[name]), dim=1)

@@ -9,7 +9,7 @@ import torch.nn.functional as F
 
 from mkdlab.losses import average_weights, weighted_kd_loss
 from mkdlab.methods.base import Batch, Distiller, StepOutput
-from mkdlab.methods.multi_teacher_common import (
+from mkdlab.methods.feature_terms import (
     feature_term_active,
     hint_regressors,
     zero_term,

@@ -8,19 +8,21 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from mkdlab.losses.divergences import weighted_kd_loss
-from mkdlab.losses.weights import confidence_weights
+from mkdlab.losses.features import per_sample_mse, resize_to
+from mkdlab.losses.multi_teacher import weighted_kd
+from mkdlab.losses.weightings import confidence_weights, get_weighting
 from mkdlab.methods.adapters import Embed
 from mkdlab.methods.base import Batch, Distiller, StepOutput
-from mkdlab.methods.multi_teacher_common import (
+from mkdlab.methods.feature_terms import (
     feature_term_active,
-    per_sample_mse,
     tap_shape,
     zero_term,
 )
 from mkdlab.methods.registry import register_method
 
 TAP = "penultimate_camkd"
+#: the logit branch's weighting: the registry's ``confidence`` (weights from the teachers' cross-entropies).
+LOGIT_WEIGHTING = get_weighting("confidence")
 
 
 @dataclass(frozen=True)
@@ -41,28 +43,20 @@ class CAMKDParams:
     parity: bool = False
 
 
-def resize_to(feature_map: Tensor, size: tuple[int, int]) -> Tensor:
-    """CA-MKD's resizing: adaptive average pool when the map is at least as large as ``size`` (by height), else
-    bilinear upsampling (``align_corners=False``, PyTorch's default); identity when the size already matches."""
-    if tuple(feature_map.shape[-2:]) == tuple(size):
-        return feature_map
-    if feature_map.shape[-2] >= size[0]:
-        return F.adaptive_avg_pool2d(feature_map, size)
-    return F.interpolate(feature_map, size=size, mode="bilinear", align_corners=False)
-
-
 @register_method("ca_mkd")
 class CAMKD(Distiller):
     r"""Confidence-aware multi-teacher KD (methods.md §4.8).
 
-    Logit branch, with :func:`~mkdlab.losses.weights.confidence_weights` (teacher cross-entropies, constants):
+    Logit branch, with :func:`~mkdlab.losses.weightings.confidence_weights` (teacher cross-entropies, constants):
 
     .. math::
         w_{kb} = \frac{1-\mathrm{softmax}_k(\mathrm{CE}(z^k_b,y_b))}{K-1},\qquad
         \mathcal L_{KD} = \frac1{BK}\sum_{b,k} w_{kb}\,\ell^{KL}_T(z^s,z^k)_b
 
     The weights sum to 1 and the loss divides by :math:`K` once more — kept as in the official code (effective
-    KD coefficient :math:`1/K`, methods.md §1).
+    KD coefficient :math:`1/K`, methods.md §1). This branch is the weighted KD of ``aver_kd`` and ``ebkd``
+    (:func:`~mkdlab.losses.multi_teacher.weighted_kd`, :class:`~mkdlab.methods.weighted_kd.WeightedKD`) with the
+    registry's ``confidence`` weighting and that extra :math:`1/K` (``mean_over_teachers``).
 
     Feature branch: :math:`G` = the student's ``taps["penultimate_camkd"]`` map (CA-MKD's ``feat[-2]``); for
     teacher :math:`k` (map :math:`F^k` of shape :math:`c_k\times H_k\times W_k` on the same tap) the student map is
@@ -131,8 +125,8 @@ class CAMKD(Distiller):
         batch_size, k = logits.shape[0], len(teacher_maps)
         labels = batch.labels
 
-        weights = confidence_weights(teacher_logits.float(), labels)  # B×K, constants
-        kd = weighted_kd_loss(logits, teacher_logits, weights / k, p.temperature)  # the extra 1/K of the repo
+        kd, weights = weighted_kd(logits, teacher_logits, labels, LOGIT_WEIGHTING, p.temperature,
+                                  mean_over_teachers=True)  # B×K weights, constants; the extra 1/K of the repo
         losses = {"ce": p.ce_weight * F.cross_entropy(logits, labels), "kd": p.kd_weight * kd}
         extras = {"teacher_weights": weights}
 

@@ -1,34 +1,29 @@
 """DE-MKD: decoupled multi-teacher KD based on entropy (Cheng et al., Mathematics 2024; methods.md §5.2).
 
 No official code exists; DE-MKD is built on the CA-MKD-repo conventions (entropy weights of EBKD, per-teacher
-ConvRegs on the hint map, per-sample MSE) plus mdistiller's DKD. The pure functions :func:`de_mkd_weights`,
-:func:`de_mkd_kd_loss` and :func:`weighted_feature_loss` are the method's loss pieces (used by the notebook).
+ConvRegs on the hint map, per-sample MSE) plus mdistiller's DKD. The method's loss pieces are pure functions of
+:mod:`mkdlab.losses` (used by the notebook): :func:`~mkdlab.losses.weightings.de_mkd_weights`,
+:func:`~mkdlab.losses.multi_teacher.de_mkd_kd_loss` and :func:`~mkdlab.losses.features.weighted_feature_loss`.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from dataclasses import dataclass
 
-import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from mkdlab.losses.divergences import dkd_terms, kd_loss
-from mkdlab.losses.weights import EntropyNorm, entropy_weights
+from mkdlab.losses.features import weighted_feature_loss
+from mkdlab.losses.multi_teacher import de_mkd_kd_loss
+from mkdlab.losses.weightings import WEIGHT_SUMS, EntropyNorm, de_mkd_weights
 from mkdlab.methods.base import Batch, Distiller, StepOutput
-from mkdlab.methods.multi_teacher_common import (
+from mkdlab.methods.feature_terms import (
     feature_term_active,
     hint_regressors,
-    per_sample_mse,
     zero_term,
 )
 from mkdlab.methods.registry import register_method
 from mkdlab.typed import ConfigError
-
-#: the sum S of the effective weights of one sample under each convention, for K teachers.
-WEIGHT_SUMS = {"literal": lambda k: k - 1.0, "per_K": lambda k: (k - 1.0) / k, "sum_to_one": lambda k: 1.0,
-               "softmax": lambda k: 1.0}
 
 
 @dataclass(frozen=True)
@@ -78,54 +73,6 @@ class DEMKDParams:
         if self.weight_norm not in WEIGHT_SUMS:
             raise ConfigError(f"method.params.weight_norm: choose one of {', '.join(WEIGHT_SUMS)}, "
                               f"got {self.weight_norm!r}")
-
-
-def de_mkd_weights(teacher_logits: Tensor, norm: EntropyNorm = "sum_to_one", entropy_temperature: float = 1.0,
-                   rho: float = 1.0, use_entropy: bool = True) -> Tensor:
-    r"""Effective per-sample teacher weights :math:`\tilde w` (B×K) of DE-MKD from K×B×C teacher logits.
-
-    With ``use_entropy`` the paper's Eq. 3 under the convention ``norm``
-    (:func:`~mkdlab.losses.weights.entropy_weights`); otherwise equal weights :math:`S/K` with the same row sum
-    :math:`S` (:math:`K-1`, :math:`(K-1)/K` or 1) as the convention. Raises ``ValueError`` for K < 2.
-    """
-    k = teacher_logits.shape[0]
-    if k < 2:
-        raise ValueError("DE-MKD needs at least two teachers: with K = 1 the entropy weight 1 - H/H is 0")
-    if use_entropy:
-        return entropy_weights(teacher_logits, entropy_temperature, norm, rho)
-    b = teacher_logits.shape[1]
-    return teacher_logits.new_full((b, k), WEIGHT_SUMS[norm](k) / k)
-
-
-def per_teacher_kd(student_logits: Tensor, teacher_logits: Tensor, target: Tensor, temperature: float = 4.0,
-                   tckd_weight: float = 1.0, nckd_weight: float = 8.0, decoupled: bool = True) -> Tensor:
-    r"""K×B per-teacher, per-sample distillation terms :math:`d_{kb}`: :math:`a\,\mathrm{TCKD}_{kb}+b\,
-    \mathrm{NCKD}_{kb}` (:func:`~mkdlab.losses.divergences.dkd_terms`, each with :math:`T^2`) or, with
-    ``decoupled=False``, vanilla :math:`\ell^{KL}_T(z^s,z^k)_b`."""
-    rows = []
-    for logits in teacher_logits:
-        if decoupled:
-            tckd, nckd = dkd_terms(student_logits, logits, target, temperature)
-            rows.append(tckd_weight * tckd + nckd_weight * nckd)
-        else:
-            rows.append(kd_loss(student_logits, logits, temperature, reduction="none"))
-    return torch.stack(rows)
-
-
-def de_mkd_kd_loss(student_logits: Tensor, teacher_logits: Tensor, target: Tensor, weights: Tensor,
-                   temperature: float = 4.0, tckd_weight: float = 1.0, nckd_weight: float = 8.0,
-                   decoupled: bool = True) -> Tensor:
-    r""":math:`\mathcal L_{KD}=\frac1B\sum_b\sum_k\tilde w_{kb}\,(a\,\mathrm{TCKD}_{kb}+b\,\mathrm{NCKD}_{kb})`
-    (Eq. 4) for K×B×C teacher logits and B×K weights (no warm-up factor, no α)."""
-    d = per_teacher_kd(student_logits, teacher_logits, target, temperature, tckd_weight, nckd_weight, decoupled)
-    return (weights.T * d).sum(0).mean()
-
-
-def weighted_feature_loss(student_maps: Sequence[Tensor], teacher_maps: Sequence[Tensor], weights: Tensor) -> Tensor:
-    r""":math:`\mathcal L_{inter}=\frac1B\sum_b\sum_k\tilde w_{kb}\,\mathrm{mean}_{chw}(r_k(F^s)_b-F^k_b)^2`
-    (Eq. 5) from the K regressed student maps, the K teacher maps and B×K weights (no β)."""
-    mse = torch.stack([per_sample_mse(s, t) for s, t in zip(student_maps, teacher_maps, strict=True)])  # K×B
-    return (weights.T * mse).sum(0).mean()
 
 
 @register_method("de_mkd")

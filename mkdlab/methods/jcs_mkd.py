@@ -19,9 +19,9 @@ from torch import Tensor, nn
 
 from mkdlab.cam import class_activation_maps
 from mkdlab.losses.cam import cat_loss, self_knowledge_terms
-from mkdlab.losses.weights import confidence_weights
+from mkdlab.losses.precision import at_least_float32
+from mkdlab.losses.weightings import confidence_weights
 from mkdlab.methods.base import Batch, Distiller, StepOutput
-from mkdlab.methods.multi_teacher_common import at_least_float32
 from mkdlab.methods.registry import register_method
 from mkdlab.models.summary import probe_shapes
 from mkdlab.typed import ConfigError

@@ -22,9 +22,10 @@ from torch import Tensor, nn
 from torch.func import functional_call
 
 from mkdlab.losses.divergences import kd_loss
+from mkdlab.losses.features import gram_matrix, per_sample_mse, resize_to
 from mkdlab.methods.adapters import Embed
 from mkdlab.methods.base import Batch, Distiller, StepOutput, TrainState
-from mkdlab.methods.ca_mkd import resize_to
+from mkdlab.methods.feature_terms import tap_shape
 from mkdlab.methods.hard_buffer import HardBuffer
 from mkdlab.methods.meta import (
     GradFn,
@@ -35,7 +36,6 @@ from mkdlab.methods.meta import (
     reverse_hg_hypergradient,
     unrolled_hypergradient,
 )
-from mkdlab.methods.multi_teacher_common import per_sample_mse, tap_shape
 from mkdlab.methods.registry import register_method
 
 TAP = "penultimate_mmkd"
@@ -160,14 +160,6 @@ class FeatureWeight(WeightNet):
                              f"(method.params.gram_size) but got a batch of {batch}; set gram_size to the batch size")
         grams = [student_gram, *teacher_grams] if self.student_first else [*teacher_grams, student_gram]
         return super().forward(torch.cat([F.pad(g, (0, self.gram_size - batch)) for g in grams], dim=1))
-
-
-def gram_matrix(feature_map: Tensor, norm: Literal["none", "row_l2"] = "none") -> Tensor:
-    r""":math:`G=QQ^\top` with :math:`Q=\mathrm{vec}(F)\in\mathbb R^{B\times chw}` (paper Eq. 3); ``"row_l2"``
-    L2-normalises each row (similarity-preserving KD's normalisation)."""
-    q = feature_map.flatten(1)
-    gram = q @ q.T
-    return F.normalize(gram, dim=1) if norm == "row_l2" else gram
 
 
 @dataclass

@@ -1,11 +1,13 @@
-"""Pieces shared by the CA-MKD-repo multi-teacher baselines (AVER-FitNet, EBKD, CA-MKD, AEKD).
+"""Method-side helpers of the feature terms of the multi-teacher methods (AVER-FitNet, CA-MKD, AEKD, DE-MKD, MMKD).
 
-* :func:`hint_regressors`: one FitNet :class:`~mkdlab.methods.adapters.ConvReg` per teacher, sized with
-  :func:`~mkdlab.methods.base.probe_shapes` on a tap (``"hint"`` = RepDistiller's ``feat[2]``);
+* :func:`tap_shape`, :func:`hint_regressors`: adapters sized from the maps a tap names — one FitNet
+  :class:`~mkdlab.methods.adapters.ConvReg` per teacher, sized with :func:`~mkdlab.models.summary.probe_shapes`
+  (``"hint"`` = RepDistiller's ``feat[2]``);
 * :func:`feature_term_active`: the CA-MKD repo switches feature terms off during the first epoch (methods.md §2,
   §7 #4); ``feature_warmup_epochs`` generalises it;
-* :func:`zero_term`: the value logged for a switched-off term (a constant: no graph, so adapters get no gradient);
-* :func:`per_sample_mse`: mean over (c, h, w) for each sample (methods.md §1, "per-sample MSE").
+* :func:`zero_term`: the value logged for a switched-off term (a constant: no graph, so adapters get no gradient).
+
+The feature losses themselves are pure functions of :mod:`mkdlab.losses.features`.
 """
 
 from __future__ import annotations
@@ -17,20 +19,6 @@ from torch import Tensor, nn
 
 from mkdlab.methods.adapters import ConvReg
 from mkdlab.models.summary import probe_shapes
-
-_HALF = (torch.float16, torch.bfloat16)
-
-
-def at_least_float32(x: Tensor) -> Tensor:
-    """``x`` in float32 when it is half precision (bf16/fp16 under autocast), else unchanged (float64 stays)."""
-    return x.float() if x.dtype in _HALF else x
-
-
-def per_sample_mse(student_map: Tensor, teacher_map: Tensor) -> Tensor:
-    """Per-sample MSE: ``(a − b)²`` averaged over every dimension but the first, shape (B,), computed in float32
-    at least (under autocast the maps may be half precision)."""
-    diff = at_least_float32(student_map) - at_least_float32(teacher_map)
-    return diff.pow(2).flatten(1).mean(1)
 
 
 def tap_shape(model: nn.Module, tap: str) -> torch.Size:

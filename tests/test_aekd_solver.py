@@ -1,4 +1,4 @@
-"""Teacher-weighting functions (mkdlab.losses.weights) against independent NumPy/SciPy computations."""
+"""AEKD's gradient-space solvers (mkdlab.losses.aekd_solver) against a brute-force QP and the official libsvm call."""
 
 from __future__ import annotations
 
@@ -6,101 +6,9 @@ import numpy as np
 import pytest
 import torch
 from scipy.optimize import minimize
-from scipy.special import log_softmax, softmax
 
 from mkdlab.losses import kd_loss
-from mkdlab.losses.weights import (
-    aekd_weights,
-    average_weights,
-    capped_simplex_min_norm,
-    confidence_weights,
-    entropy_weights,
-    libsvm_capped_simplex_weights,
-)
-
-
-def random_logits(k: int = 3, b: int = 16, c: int = 10, seed: int = 0) -> torch.Tensor:
-    gen = torch.Generator().manual_seed(seed)
-    return torch.randn(k, b, c, generator=gen, dtype=torch.float64) * 3
-
-
-def entropy_reference(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:
-    """H_kb (K×B) with natural log."""
-    log_p = log_softmax(logits / temperature, axis=-1)
-    return -(np.exp(log_p) * log_p).sum(-1)
-
-
-# -- AVER / EBKD -----------------------------------------------------------------------------------------------
-
-
-def test_average_weights_are_uniform():
-    w = average_weights(random_logits(k=4))
-    assert w.shape == (16, 4)
-    torch.testing.assert_close(w, torch.full((16, 4), 0.25, dtype=torch.float64))
-
-
-@pytest.mark.parametrize("temperature", [1.0, 2.0])
-def test_entropy_weights_match_the_formula_and_their_sums(temperature):
-    k = 3
-    logits = random_logits(k=k)
-    h = entropy_reference(logits.numpy(), temperature)
-    literal = (1 - h / h.sum(0, keepdims=True)).T
-    got = {norm: entropy_weights(logits, temperature, norm).numpy()
-           for norm in ("literal", "per_K", "sum_to_one", "softmax")}
-    np.testing.assert_allclose(got["literal"], literal, rtol=1e-12)
-    np.testing.assert_allclose(got["literal"].sum(1), k - 1, rtol=1e-12)
-    np.testing.assert_allclose(got["per_K"].sum(1), (k - 1) / k, rtol=1e-12)
-    np.testing.assert_allclose(got["sum_to_one"].sum(1), 1.0, rtol=1e-12)
-    # the three 1 - H/ΣH forms differ by a global scale only: identical relative ratios
-    for norm in ("per_K", "sum_to_one"):
-        ratio = got[norm] / got["literal"]
-        np.testing.assert_allclose(ratio, ratio[0, 0], rtol=1e-12)
-    np.testing.assert_allclose(got["softmax"], softmax(-h, axis=0).T, rtol=1e-12)
-    assert (got["softmax"] >= 0).all()
-    np.testing.assert_allclose(got["softmax"].sum(1), 1.0, rtol=1e-12)
-    # confident (low-entropy) teachers weigh more
-    assert (np.argsort(got["literal"], axis=1) == np.argsort(-h.T, axis=1)).all()
-
-
-def test_entropy_softmax_rho():
-    logits = random_logits()
-    h = entropy_reference(logits.numpy())
-    got = entropy_weights(logits, norm="softmax", rho=0.5).numpy()
-    np.testing.assert_allclose(got, softmax(-h / 0.5, axis=0).T, rtol=1e-12)
-
-
-@pytest.mark.parametrize("fn", [lambda z: entropy_weights(z), lambda z: confidence_weights(z, torch.zeros(16).long())])
-def test_one_teacher_raises(fn):
-    with pytest.raises(ValueError, match="at least two teachers"):
-        fn(random_logits(k=1))
-
-
-# -- CA-MKD ----------------------------------------------------------------------------------------------------
-
-
-@pytest.mark.parametrize("k", [2, 3, 5])
-def test_confidence_weights_match_the_formula(k):
-    logits = random_logits(k=k, b=32)
-    target = torch.randint(0, 10, (32,), generator=torch.Generator().manual_seed(3))
-    z = logits.numpy()
-    ce = -np.take_along_axis(log_softmax(z, axis=-1), target.numpy()[None, :, None], axis=-1)[..., 0]  # K×B
-    reference = ((1 - softmax(ce, axis=0)) / (k - 1)).T
-    w = confidence_weights(logits, target).numpy()
-    np.testing.assert_allclose(w, reference, rtol=1e-12)
-    np.testing.assert_allclose(w.sum(1), 1.0, rtol=1e-12)  # before CA-MKD's extra 1/K
-    assert (w >= 0).all() and (w <= 1 / (k - 1) + 1e-15).all()
-    # lower cross-entropy ⇒ higher weight, sample by sample
-    assert (np.argsort(w, axis=1) == np.argsort(-ce.T, axis=1)).all()
-
-
-def test_confidence_weights_keep_the_gradient():
-    logits = random_logits().requires_grad_()
-    w = confidence_weights(logits, torch.arange(16) % 10)
-    (w[:, 0] * torch.arange(16.0, dtype=torch.float64)).sum().backward()
-    assert logits.grad is not None and logits.grad.abs().sum() > 0
-
-
-# -- AEKD ------------------------------------------------------------------------------------------------------
+from mkdlab.losses.aekd_solver import aekd_weights, capped_simplex_min_norm, libsvm_capped_simplex_weights
 
 
 def brute_force_qp(gram: np.ndarray, cap: float, starts: int = 30, seed: int = 0) -> np.ndarray:

@@ -1,134 +1,26 @@
-r"""Teacher-weighting functions of the multi-teacher baselines (methods.md §4.5–§4.9).
+r"""AEKD's teacher weights in gradient space (Du et al., NeurIPS 2020, as in the CA-MKD repo; methods.md §4.9).
 
-The per-sample weightings share one signature so that notebooks can swap them: teacher logits stacked
-``K×B×C`` in, weights ``B×K`` out (row ``b`` holds the weight of every teacher for sample ``b``):
+AEKD weights whole teachers from the **gradients** of their KD losses, not from their logits: :func:`aekd_weights`
+takes ``K×D`` batch-averaged gradient vectors and returns ``K`` weights for the batch, the minimum-norm point of the
+capped simplex (:func:`capped_simplex_min_norm`), with a parity mode that reproduces the official
+scikit-learn/libsvm call (:func:`libsvm_capped_simplex_weights`).
 
-* :func:`average_weights` — AVER (all :math:`1/K`);
-* :func:`entropy_weights` — EBKD (Kwon et al., ICASSP 2020) / DE-MKD: low-entropy teachers weigh more;
-* :func:`confidence_weights` — CA-MKD (Zhang, Chen, Wang, ICASSP 2022): low cross-entropy teachers weigh more.
-
-AEKD (Du et al., NeurIPS 2020) weights whole teachers from their gradients instead: :func:`aekd_weights` takes
-``K×D`` gradient vectors and returns ``K`` weights, the minimum-norm point of the capped simplex
-(:func:`capped_simplex_min_norm`), with a parity mode that reproduces the official scikit-learn/libsvm call.
-
-All functions are pure: nothing is detached, so weights computed from tensors that carry gradient (CA-MKD's
-feature weights) keep it. Callers that want constants pass no-grad inputs.
+These solvers are deliberately **not** in the weighting registry of :mod:`mkdlab.losses.weightings`: a registered
+weighting maps ``K×B×C`` teacher logits and the labels to per-sample ``B×K`` weights, whereas AEKD needs the
+student's gradients (one backward pass per teacher, taken by the method) and gives one weight per teacher for the
+whole batch.
 """
 
 from __future__ import annotations
 
 import itertools
-from typing import Literal
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import Tensor
-
-EntropyNorm = Literal["literal", "per_K", "sum_to_one", "softmax"]
 
 #: largest K for which :func:`capped_simplex_min_norm` enumerates active sets (3**K small solves).
 ENUMERATION_MAX_K = 6
-
-
-def _check_logits(teacher_logits: Tensor) -> int:
-    if teacher_logits.ndim != 3:
-        raise ValueError(f"teacher logits must be stacked K×B×C, got shape {tuple(teacher_logits.shape)}")
-    return teacher_logits.shape[0]
-
-
-def average_weights(teacher_logits: Tensor) -> Tensor:
-    r"""Equal weights :math:`w_{bk} = 1/K` (AVER, methods.md §4.5), shape B×K.
-
-    Args:
-        teacher_logits: K×B×C teacher logits (only the shape, dtype and device are used).
-    """
-    k = _check_logits(teacher_logits)
-    b = teacher_logits.shape[1]
-    return torch.full((b, k), 1.0 / k, dtype=teacher_logits.dtype, device=teacher_logits.device)
-
-
-def entropy_weights(teacher_logits: Tensor, temperature: float = 1.0, norm: EntropyNorm = "literal",
-                    rho: float = 1.0) -> Tensor:
-    r"""Entropy-based teacher weights of EBKD (Kwon et al., ICASSP 2020; methods.md §4.7) and DE-MKD (§5.2).
-
-    .. math::
-        H_{kb} = -\sum_c p^k_{T,bc}\log p^k_{T,bc},\qquad
-        w_{kb} = 1 - \frac{H_{kb}}{\sum_j H_{jb}}
-
-    (natural log, :math:`p^k_T=\mathrm{softmax}(z^k/T)`), so a confident (low-entropy) teacher weighs more.
-    The sum of the weights sets the effective KD coefficient (methods.md §1), hence ``norm``:
-
-    * ``"literal"``: :math:`w` as written; :math:`\sum_k w_{kb} = K-1` (EBKD in the CA-MKD repo, DE-MKD);
-    * ``"per_K"``: :math:`w/K`, sum :math:`(K-1)/K` — the *effective* weights of the CA-MKD repo's EBKD, which
-      divides the weighted loss by :math:`K` again;
-    * ``"sum_to_one"``: :math:`w/(K-1)`, sum 1;
-    * ``"softmax"``: :math:`\mathrm{softmax}_k(-H_{kb}/\rho)`, sum 1 (a smooth alternative, not from a paper).
-
-    The first three differ only by a global scale. If every teacher has zero entropy for a sample
-    (one-hot predictions), :math:`0/0` is avoided by clamping the denominator: each weight is then 1 (literal).
-
-    Args:
-        teacher_logits: K×B×C teacher logits.
-        temperature: temperature of the softmax whose entropy is taken (1 in EBKD).
-        norm: sum convention, see above.
-        rho: temperature of the ``"softmax"`` normalisation.
-
-    Returns:
-        B×K weights.
-
-    Raises:
-        ValueError: for K = 1: entropy weights need at least two teachers (the single weight would be
-            :math:`1 - H/H = 0`, which switches distillation off).
-    """
-    k = _check_logits(teacher_logits)
-    if k < 2:
-        raise ValueError("entropy weights need at least two teachers: with K = 1 the weight 1 - H/H is 0")
-    log_p = F.log_softmax(teacher_logits / temperature, dim=-1)
-    entropy = -(log_p.exp() * log_p).sum(-1)  # K×B
-    if norm == "softmax":
-        return torch.softmax(-entropy / rho, dim=0).T
-    total = entropy.sum(0, keepdim=True).clamp_min(torch.finfo(entropy.dtype).tiny)
-    w = (1.0 - entropy / total).T  # B×K
-    if norm == "literal":
-        return w
-    if norm == "per_K":
-        return w / k
-    if norm == "sum_to_one":
-        return w / (k - 1)
-    raise ValueError(f"unknown norm {norm!r}; choose literal, per_K, sum_to_one or softmax")
-
-
-def confidence_weights(teacher_logits: Tensor, target: Tensor) -> Tensor:
-    r"""Confidence-aware teacher weights of CA-MKD (Zhang, Chen, Wang, ICASSP 2022; methods.md §4.8).
-
-    .. math::
-        \mathrm{ce}_{kb} = \mathrm{CE}(z^k_b, y_b)\ (T=1),\qquad
-        w_{kb} = \frac{1 - \mathrm{softmax}_k(\mathrm{ce}_{\cdot b})_k}{K-1}
-
-    (softmax over the teacher axis; CA-MKD ``models/util.py:CalWeight``). Each row sums to 1 and every weight
-    lies in :math:`[0, 1/(K-1)]`; lower cross-entropy gives a higher weight. CA-MKD then divides the weighted loss
-    by :math:`K` once more — that extra :math:`1/K` belongs to the method, not to these weights. Nothing is
-    detached: CA-MKD's feature weights are computed from student-dependent logits and keep their gradient.
-
-    Args:
-        teacher_logits: K×B×C logits (teacher logits, or any K heads' logits).
-        target: B hard labels.
-
-    Returns:
-        B×K weights.
-
-    Raises:
-        ValueError: for K = 1 (the formula divides by K − 1).
-    """
-    k = _check_logits(teacher_logits)
-    if k < 2:
-        raise ValueError("confidence weights need at least two teachers: the formula divides by K - 1")
-    ce = torch.stack([F.cross_entropy(z, target, reduction="none") for z in teacher_logits])  # K×B
-    return ((1.0 - torch.softmax(ce, dim=0)) / (k - 1)).T
-
-
-# -- AEKD ------------------------------------------------------------------------------------------------------
 
 
 def _check_cap(k: int, cap: float) -> None:
@@ -313,3 +205,6 @@ def aekd_weights(teacher_grads: Tensor, cap: float = 0.6, parity: bool = False, 
         alpha = alpha / norms
         alpha = alpha / alpha.sum()
     return alpha.to(dtype=teacher_grads.dtype, device=teacher_grads.device)
+
+
+__all__ = ["ENUMERATION_MAX_K", "aekd_weights", "capped_simplex_min_norm", "libsvm_capped_simplex_weights"]
