@@ -23,6 +23,9 @@ from mkdlab.typed import ConfigError
 
 C, B = 10, 6
 F64 = torch.float64
+#: float64 against a float64 re-computation: only the order of the operations differs (rounding ≈ n·2⁻⁵³ relative
+#: for n ≲ 10³ operations), so 1e-10 leaves five orders of magnitude of margin and still catches any wrong term.
+F64_TOL = {"rtol": 1e-10, "atol": 1e-12}
 
 
 def method(student: str = "resnet8", num_samples: int = 20, **params) -> DTSKD:
@@ -97,8 +100,8 @@ def test_cifar_resnets_get_two_branches_as_wide_as_the_last_stage():
 
 def test_branches_follow_the_top_down_equations():
     """z_j = fc_j(Φ_j([U_j(t_{j+1}) + L_j(s_j), U_j(t_{j+1})])), t_3 = GAP(s_3), recomputed as float64 matrices."""
-    dtskd = method().eval()
-    images = batch().images
+    dtskd = method().double().eval()
+    images = batch().images.double()
     maps = dtskd.student.forward_features(images)
 
     def block(seq, x):  # 1×1 conv (no bias) + BN (eval) + ReLU on vectors
@@ -118,7 +121,7 @@ def test_branches_follow_the_top_down_equations():
     outputs = dtskd.outputs(images)
     torch.testing.assert_close(outputs[0], maps["logits"])
     for j in (0, 1):
-        torch.testing.assert_close(outputs[j + 1].to(F64), expected[j], rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(outputs[j + 1], expected[j], **F64_TOL)
 
 
 def test_export_returns_the_plain_backbone():
@@ -171,32 +174,32 @@ def test_smoothed_kl_matches_its_formula():
 def test_loss_matches_a_float64_recomputation_of_section_5_5():
     """resnet18 (3 branches): hist with 3/1/1/1 on label/history mixtures (two samples without history), 1e-7
     smoothing, cosine α at epoch 7 of 20, structural at T = 4, 0.2/0.8 (8×8 images keep resnet18 cheap)."""
-    dtskd = sharpen(method("resnet18", epochs=20).eval())
+    dtskd = sharpen(method("resnet18", epochs=20).eval()).double()  # float64: the arithmetic checked exactly
     seen = [True, False, True, True, False, True]
     fill_memory(dtskd, seen)
     b = batch()
-    b.images = b.images[:, :, :8, :8]
+    b.images = b.images[:, :, :8, :8].double()
     out = dtskd.forward_train(b, epoch=7)
     assert set(out.losses) == {"hist", "structural"}
     outputs = dtskd.outputs(b.images)
     hist = reference_hist(outputs, b.labels, dtskd.memory[:, b.indices], torch.tensor(seen), cosine_alpha(7, 20),
                           (3.0, 1.0, 1.0, 1.0))
     assert 0.1 < hist < 100 and 0.1 < reference_structural(outputs) < 100
-    torch.testing.assert_close(out.losses["hist"].to(F64), hist, rtol=1e-5, atol=0)
-    torch.testing.assert_close(out.losses["structural"].to(F64), reference_structural(outputs), rtol=1e-5, atol=0)
+    torch.testing.assert_close(out.losses["hist"], hist, **F64_TOL)
+    torch.testing.assert_close(out.losses["structural"], reference_structural(outputs), **F64_TOL)
 
 
 def test_hskd_off_is_ce_plus_structural():
-    dtskd = sharpen(method(hskd=False, ce_weight=0.3, kd_weight=0.7).eval())
+    dtskd = sharpen(method(hskd=False, ce_weight=0.3, kd_weight=0.7).eval()).double()
     b = batch()
+    b.images = b.images.double()
     out = dtskd.forward_train(b, epoch=3)
     assert set(out.losses) == {"ce", "structural"}
     outputs = [z.to(F64) for z in dtskd.outputs(b.images)]
     z0 = outputs[0]
     ce = -(z0 - torch.logsumexp(z0, 1, keepdim=True))[torch.arange(B), b.labels].mean()
-    torch.testing.assert_close(out.losses["ce"].to(F64), 0.3 * ce, rtol=1e-5, atol=0)
-    torch.testing.assert_close(out.total().to(F64), 0.3 * ce + reference_structural(outputs, w_kd=0.7), rtol=1e-5,
-                               atol=0)
+    torch.testing.assert_close(out.losses["ce"], 0.3 * ce, **F64_TOL)
+    torch.testing.assert_close(out.total(), 0.3 * ce + reference_structural(outputs, w_kd=0.7), **F64_TOL)
     dtskd.after_step(None, b, out)
     assert not dtskd.seen.any() and not dtskd.memory.any()
 
@@ -240,28 +243,31 @@ def test_memory_is_written_at_the_sample_indices_and_only_there():
     assert torch.equal(dtskd.seen, ~others)
     assert dtskd.memory.dtype == torch.float32
 
-    # the next visit of these samples learns from that history: the targets are no longer one-hot
-    dtskd.on_train_start(SimpleNamespace(total_epochs=4))
+    # the next visit of these samples learns from that history: the targets are no longer one-hot (checked in
+    # float64: the banks' float32 rows convert exactly)
+    dtskd.double().on_train_start(SimpleNamespace(total_epochs=4))
+    b.images = b.images.double()
     hist = dtskd.forward_train(b, epoch=2).losses["hist"]
     outputs, rows = dtskd.outputs(b.images), dtskd.memory[:, b.indices]
     with_history = reference_hist(outputs, b.labels, rows, torch.ones(B, dtype=torch.bool), cosine_alpha(2, 4),
                                   (3.0, 1.0, 1.0))
     one_hot_hist = reference_hist(outputs, b.labels, rows, torch.zeros(B, dtype=torch.bool), cosine_alpha(2, 4),
                                   (3.0, 1.0, 1.0))
-    torch.testing.assert_close(hist.to(F64), with_history, rtol=1e-5, atol=0)
-    assert not torch.isclose(hist.to(F64), one_hot_hist, rtol=1e-2)
+    torch.testing.assert_close(hist, with_history, **F64_TOL)
+    assert not torch.isclose(hist, one_hot_hist, rtol=1e-2)
 
 
 def test_parity_never_writes_the_memory_so_targets_stay_one_hot():
-    dtskd = sharpen(method(parity=True).eval())
+    dtskd = sharpen(method(parity=True).eval()).double()
     b = batch()
+    b.images = b.images.double()
     for epoch in range(3):
         out = dtskd.forward_train(b, epoch=epoch)
         dtskd.after_step(None, b, out)
     assert not dtskd.memory.any() and not dtskd.seen.any()
     hist = reference_hist(dtskd.outputs(b.images), b.labels, dtskd.memory[:, b.indices],
                           torch.zeros(B, dtype=torch.bool), 0.5, (3.0, 1.0, 1.0))  # one-hot: α is irrelevant
-    torch.testing.assert_close(out.losses["hist"].to(F64), hist, rtol=1e-5, atol=0)
+    torch.testing.assert_close(out.losses["hist"], hist, **F64_TOL)
 
 
 def test_memory_stays_float32_under_bf16_autocast():

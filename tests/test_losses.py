@@ -18,8 +18,10 @@ def manual_kd(student: torch.Tensor, teacher: torch.Tensor, temperature: float) 
 
 @pytest.fixture
 def logits():
+    """float64 logits: the losses are then checked against the float64 formulas to rounding (no float32 slack)."""
     gen = torch.Generator().manual_seed(0)
-    return torch.randn(8, 10, generator=gen) * 3, torch.randn(8, 10, generator=gen) * 3
+    return (torch.randn(8, 10, generator=gen, dtype=torch.float64) * 3,
+            torch.randn(8, 10, generator=gen, dtype=torch.float64) * 3)
 
 
 @pytest.mark.parametrize("temperature", [1.0, 4.0])
@@ -28,12 +30,11 @@ def test_kd_per_sample_and_reductions(logits, temperature):
     expected = manual_kd(student, teacher, temperature)
     per_sample = kd_loss(student, teacher, temperature, reduction="none")
     assert per_sample.shape == (8,)
-    torch.testing.assert_close(per_sample.double(), expected, rtol=1e-5, atol=1e-6)
-    torch.testing.assert_close(kd_loss(student, teacher, temperature).double(), expected.mean(), rtol=1e-5, atol=1e-6)
-    torch.testing.assert_close(kd_loss(student, teacher, temperature, reduction="sum").double(), expected.sum(),
-                               rtol=1e-5, atol=1e-6)
-    torch.testing.assert_close(kd_loss(student, teacher, temperature, reduction="mean").double(),
-                               expected.mean() / 10, rtol=1e-5, atol=1e-6)
+    tol = {"rtol": 1e-10, "atol": 1e-12}  # float64 on both sides: only the order of operations differs
+    torch.testing.assert_close(per_sample, expected, **tol)
+    torch.testing.assert_close(kd_loss(student, teacher, temperature), expected.mean(), **tol)
+    torch.testing.assert_close(kd_loss(student, teacher, temperature, reduction="sum"), expected.sum(), **tol)
+    torch.testing.assert_close(kd_loss(student, teacher, temperature, reduction="mean"), expected.mean() / 10, **tol)
 
 
 def test_kd_temperature_squared_keeps_the_gradient_scale(logits):

@@ -28,7 +28,8 @@ from mkdlab.methods.meta import (
     sgd_update,
     unrolled_hypergradient,
 )
-from mkdlab.methods.mmkd import MMKD, FeatureWeight, LogitsWeight, MMKDParams
+from mkdlab.methods.meta_weights import FeatureWeight, LogitsWeight
+from mkdlab.methods.mmkd import MMKD, MMKDParams
 from mkdlab.models import create
 from mkdlab.models.common import ZooModel, make_taps
 

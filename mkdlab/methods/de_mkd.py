@@ -15,6 +15,7 @@ from torch import Tensor
 
 from mkdlab.losses.features import weighted_feature_loss
 from mkdlab.losses.multi_teacher import de_mkd_kd_loss
+from mkdlab.losses.precision import at_least_float32
 from mkdlab.losses.weightings import WEIGHT_SUMS, EntropyNorm, de_mkd_weights
 from mkdlab.methods.base import Batch, Distiller, StepOutput
 from mkdlab.methods.feature_terms import (
@@ -115,7 +116,7 @@ class DEMKD(Distiller):
     def weights(self, teacher_logits: Tensor) -> Tensor:
         """Effective weights :math:`\\tilde w` (B×K) for K×B×C teacher logits, under the method's params."""
         p = self.params
-        return de_mkd_weights(teacher_logits.float(), p.weight_norm, p.entropy_temperature, p.softmax_rho,
+        return de_mkd_weights(at_least_float32(teacher_logits), p.weight_norm, p.entropy_temperature, p.softmax_rho,
                               p.use_entropy_weights)
 
     def forward_train(self, batch: Batch, epoch: int) -> StepOutput:

@@ -24,6 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from mkdlab.losses.precision import at_least_float32
 from mkdlab.losses.self_distillation import (
     cosine_alpha,
     historical_loss,
@@ -214,6 +215,6 @@ class DTSKD(Distiller):
             if not p.parity:  # the softmaxes after_step writes into the memory banks
                 carry["probs"] = torch.stack([F.softmax(z.detach().float(), dim=1) for z in outputs])
         else:
-            losses = {"ce": p.ce_weight * F.cross_entropy(outputs[0].float(), batch.labels)}
+            losses = {"ce": p.ce_weight * F.cross_entropy(at_least_float32(outputs[0]), batch.labels)}
         losses["structural"] = p.kd_weight * structural_loss(outputs, p.temperature, p.detach_structural_teacher)
         return StepOutput(outputs[0], losses, carry=carry)

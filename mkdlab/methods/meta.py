@@ -89,6 +89,15 @@ class Trajectory:
     outer_loss: Tensor
 
 
+@dataclass
+class MetaLookahead:
+    """One virtual look-ahead of a meta update: the trajectory, its inner-gradient functions and SGD settings."""
+
+    trajectory: Trajectory
+    grad_fns: list[GradFn]
+    settings: list[SGDSettings]
+
+
 def look_ahead(grad_fns: Sequence[GradFn], outer: Callable[[list[Tensor]], Tensor], params: Sequence[Tensor],
                buffers: Sequence[Tensor | None], settings: Sequence[SGDSettings], *,
                differentiable: bool) -> Trajectory:
