@@ -7,7 +7,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from mkdlab.config import load_config, method_params
+from mkdlab.config import load_config
+from mkdlab.experiment import method_params
 from mkdlab.losses.multi_teacher import weighted_kd_loss
 from mkdlab.losses.weightings import (
     available_weightings,
