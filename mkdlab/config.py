@@ -94,6 +94,8 @@ class TrainConfig:
     eval_every: int = 1
     #: also checkpoint every N steps inside an epoch (0 = only at epoch ends).
     checkpoint_every_steps: int = 0
+    #: under ``torchrun``: normalise batch-norm layers over the global batch (SyncBatchNorm), not each rank's block.
+    sync_batchnorm: bool = False
     log_every_steps: int = 50
 
 

@@ -6,7 +6,9 @@ pool, and turns a config into a finished run.
 * :func:`teachers_for` is the one rule of which teachers a method gets; :func:`with_method` builds the experiment
   of one method on a shared base (notebooks, studies, the demo), :func:`lesson_config` the notebooks' base;
 * :func:`run_experiment` loads (or trains) the teachers through the pool, builds the student and the method, and
-  hands everything to the one :class:`~mkdlab.engine.trainer.Trainer`.
+  hands everything to the one :class:`~mkdlab.engine.trainer.Trainer`; under ``torchrun`` each process trains its
+  rank's part (:class:`~mkdlab.engine.distributed.DistributedContext`), rank 0 alone logs and writes, and a group
+  restarted by ``torchrun`` resumes from the last checkpoint.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ from mkdlab.config import (
 )
 from mkdlab.data import available_datasets, dataset_info, make_loaders
 from mkdlab.engine.device import resolve_device
+from mkdlab.engine.distributed import DistributedContext
 from mkdlab.engine.loggers import make_loggers, progress
 from mkdlab.engine.seeding import seed_everything
 from mkdlab.engine.trainer import FitResult, Trainer
@@ -213,19 +216,36 @@ def run_experiment(config: ExperimentConfig, *, pool: TeacherPool | None = None,
 def _fit(config: ExperimentConfig, teachers: Sequence[nn.Module], *, verbose: bool, resume: bool,
          record_extras: bool = False) -> tuple[FitResult, Distiller]:
     method = build_method(config, teachers)
-    device = resolve_device(config.train.device)
-    train_loader, test_loader = make_loaders(
-        config.data.dataset, config.data.batch_size, device=device, root=config.data.root,
-        loader=config.data.loader, seed=config.train.seed, drop_last=method.needs_drop_last,
-        with_index=method.needs_indices, num_workers=config.data.num_workers, download=config.data.download,
-    )
+    dist = DistributedContext.from_environment(resolve_device(config.train.device))
+    if dist.distributed and config.data.loader == "torch":
+        raise ConfigError("a run of several processes needs data.loader=device (or auto): only the device loader "
+                          "shards each epoch's global order over the ranks")
+    device = dist.device(resolve_device(config.train.device))
+    train_loader, test_loader = _loaders(config, method, device, dist)
     run_dir = config.run_dir()
-    save_atomic_text(dump_config(config), run_dir / "config.yaml")
-    loggers = make_loggers(run_dir, console=verbose, visdom=config.output.visdom,
-                           visdom_port=config.output.visdom_port, run_name=config.name,
-                           total_epochs=config.train.epochs)
+    loggers = []
+    if dist.is_main:
+        save_atomic_text(dump_config(config), run_dir / "config.yaml")
+        loggers = make_loggers(run_dir, console=verbose, visdom=config.output.visdom,
+                               visdom_port=config.output.visdom_port, run_name=config.name,
+                               total_epochs=config.train.epochs)
     trainer = Trainer(method, train_loader, test_loader, config.train, run_dir=run_dir, callbacks=loggers,
                       experiment=to_dict(config), record_extras=record_extras,
-                      progress=progress if verbose else None)
-    result = trainer.fit(resume=resume)
+                      progress=progress if verbose and dist.is_main else None, distributed=dist)
+    result = trainer.fit(resume=resume or dist.restarted)
     return result, method
+
+
+def _loaders(config: ExperimentConfig, method: Distiller, device: Any, dist: DistributedContext) -> tuple[Any, Any]:
+    """The training loader (this rank's block of each global batch) and the test loader of ``config``."""
+    try:
+        return make_loaders(
+            config.data.dataset, config.data.batch_size, device=device, root=config.data.root,
+            loader=config.data.loader, seed=config.train.seed, drop_last=method.needs_drop_last,
+            with_index=method.needs_indices, num_workers=config.data.num_workers, download=config.data.download,
+            rank=dist.rank, world_size=dist.world_size,
+        )
+    except ValueError as err:
+        if not dist.distributed:
+            raise
+        raise ConfigError(f"data.batch_size: {err}") from None

@@ -6,6 +6,10 @@ are then cut on the device with one gather (crop and flip together), converted t
 the draws happen on the CPU, a given seed gives the same samples, crops and flips on CPU and CUDA, and the
 augmentation equals torchvision's ``RandomCrop(size, padding=pad)`` followed by ``RandomHorizontalFlip()``
 with the same offsets and flips.
+
+Data parallel (``torchrun``): with ``world_size`` ranks, every rank draws the same epoch and takes its contiguous
+block of each global batch (:func:`shard_bounds`), so the ranks' blocks, joined in rank order, are exactly the
+batch one process would serve; ``batch_size`` stays the global batch.
 """
 
 from __future__ import annotations
@@ -19,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import TensorDataset
 
-__all__ = ["DeviceLoader", "EpochParams", "epoch_seed"]
+__all__ = ["DeviceLoader", "EpochParams", "epoch_seed", "shard_bounds"]
 
 _U64 = (1 << 64) - 1
 
@@ -31,6 +35,14 @@ def epoch_seed(seed: int, epoch: int) -> int:
     """
     state = np.random.SeedSequence([seed & _U64, epoch & _U64]).generate_state(1, np.uint32)
     return int(state[0])
+
+
+def shard_bounds(start: int, stop: int, rank: int, world_size: int) -> tuple[int, int]:
+    """The positions ``[begin, end)`` of rank ``rank``'s block of the global batch ``[start, stop)``: contiguous
+    blocks in rank order, the first ``(stop - start) % world_size`` ranks holding one sample more."""
+    size, extra = divmod(stop - start, world_size)
+    begin = start + rank * size + min(rank, extra)
+    return begin, begin + size + (rank < extra)
 
 
 @dataclass(frozen=True)
@@ -75,6 +87,7 @@ class DeviceLoader:
         flip: random horizontal flips.
         channels_last: yield images in ``torch.channels_last`` memory format.
         dtype: floating dtype of the yielded images (normalisation is computed in float32 first).
+        rank, world_size: serve rank ``rank``'s block of every global batch of ``batch_size`` (data parallel).
     """
 
     def __init__(
@@ -94,6 +107,8 @@ class DeviceLoader:
         flip: bool = True,
         channels_last: bool = False,
         dtype: torch.dtype = torch.float32,
+        rank: int = 0,
+        world_size: int = 1,
     ) -> None:
         if images_u8.dtype != torch.uint8 or images_u8.ndim != 4:
             raise ValueError(
@@ -111,6 +126,13 @@ class DeviceLoader:
             raise ValueError(f"mean and std need {channels} values (one per channel), got {len(mean)}, {len(std)}")
         if not dtype.is_floating_point:
             raise ValueError(f"dtype must be a floating dtype, got {dtype}")
+        if not 0 <= rank < world_size:
+            raise ValueError(f"rank must be in [0, world_size), got rank {rank} of {world_size}")
+        last = len(images_u8) % batch_size
+        if world_size > 1 and (batch_size < world_size or (last and not drop_last and last < world_size)):
+            raise ValueError(f"a global batch of {batch_size} (last batch {last or batch_size}) cannot give each of "
+                             f"{world_size} ranks a sample: choose a batch size of at least {world_size} whose last "
+                             f"batch also splits, or drop the last batch")
         self.device = torch.device(device)
         self.batch_size = batch_size
         self.train = train
@@ -121,6 +143,8 @@ class DeviceLoader:
         self.flip = flip and train
         self.channels_last = channels_last
         self.dtype = dtype
+        self.rank = rank
+        self.world_size = world_size
         self.epoch = 0
         self._num = len(images_u8)
         self._height, self._width = images_u8.shape[-2:]
@@ -145,6 +169,10 @@ class DeviceLoader:
     def __len__(self) -> int:
         """Number of batches per epoch, respecting ``drop_last``."""
         return self._num // self.batch_size if self.drop_last else math.ceil(self._num / self.batch_size)
+
+    def global_batch_size(self, index: int) -> int:
+        """Samples in global batch ``index`` of an epoch (all ranks together)."""
+        return min(self.batch_size, self._num - index * self.batch_size)
 
     def set_epoch(self, epoch: int) -> None:
         """Make the next ``iter(loader)`` serve epoch ``epoch`` (e.g. when resuming training)."""
@@ -185,7 +213,8 @@ class DeviceLoader:
         flips = params.flips.to(self.device, non_blocking=True)
         augment = self.train and (self.pad > 0 or self.flip)
         for i in range(len(self)):
-            sl = slice(i * self.batch_size, (i + 1) * self.batch_size)
+            start = i * self.batch_size
+            sl = slice(*shard_bounds(start, min(start + self.batch_size, self._num), self.rank, self.world_size))
             idx = order[sl]
             images = self._crop_flip(idx, offsets[sl], flips[sl]) if augment else self._images[idx]
             images = self._normalise(images)
@@ -218,5 +247,6 @@ class DeviceLoader:
     def __repr__(self) -> str:
         return (
             f"{type(self).__name__}(samples={self._num}, batch_size={self.batch_size}, train={self.train}, "
-            f"device={self.device}, seed={self.seed}, epoch={self.epoch}, drop_last={self.drop_last})"
+            f"device={self.device}, seed={self.seed}, epoch={self.epoch}, drop_last={self.drop_last}"
+            + (f", rank={self.rank}/{self.world_size})" if self.world_size > 1 else ")")
         )

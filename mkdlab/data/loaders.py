@@ -34,6 +34,8 @@ def make_loaders(
     with_index: bool = False,
     num_workers: int | None = None,
     download: bool = False,
+    rank: int = 0,
+    world_size: int = 1,
 ) -> tuple[Loader, Loader]:
     """``(train_loader, test_loader)`` for dataset ``name``.
 
@@ -48,11 +50,16 @@ def make_loaders(
 
     ``drop_last`` applies to the training loader; the test loader always serves every sample, in order.
     ``num_workers`` (default :func:`default_num_workers`) is used by the ``"torch"`` loader only.
+    With ``world_size`` > 1 (a ``torchrun`` run) the training loader serves rank ``rank``'s block of every global
+    batch of ``batch_size`` (the device loader only); the test loader serves the whole split.
     """
     info = dataset_info(name)
     device = torch.device(device)
     if loader == "auto":
         loader = "device"
+    if world_size > 1 and loader != "device":
+        raise ValueError(f"a run of several processes needs data.loader=device (got {loader!r}): only the device "
+                         f"loader shards each epoch's global order over the ranks")
     if loader == "device":
         made = []
         for train in (True, False):
@@ -69,6 +76,8 @@ def make_loaders(
                     seed=seed,
                     drop_last=drop_last and train,
                     with_index=with_index,
+                    rank=rank if train else 0,
+                    world_size=world_size if train else 1,
                 )
             )
         return made[0], made[1]

@@ -26,6 +26,7 @@ from typing import Any, ClassVar
 import torch
 from torch import Tensor, nn
 
+from mkdlab.methods.collectives import Collectives
 from mkdlab.methods.ensemble import TeacherEnsemble
 
 
@@ -83,7 +84,9 @@ class TrainState:
     ``epoch`` is the 0-based epoch in progress, ``step_in_epoch`` the steps already done in it and ``global_step``
     the steps done in the run. ``total_epochs`` is the configured run length (``train.epochs``: what schedules
     scale to, also when a step budget ends the run early). ``optimizer`` is the main SGD; ``grad_scale`` the
-    scale of the loss being back-propagated when fp16 loss scaling is on (``None`` otherwise).
+    scale of the loss being back-propagated when fp16 loss scaling is on (``None`` otherwise). ``collectives``
+    reaches the other ranks of a data-parallel run (the identity for one process): a method with per-sample state
+    or its own optimiser uses it in its hooks; steps, epochs and the batches count globally.
     """
 
     total_epochs: int
@@ -95,6 +98,7 @@ class TrainState:
     global_step: int = 0
     grad_scale: float | None = None
     stop_requested: bool = False
+    collectives: Collectives = field(default_factory=Collectives)
 
     def request_stop(self) -> None:
         """Ask the run to checkpoint and stop at the next step boundary (what SIGINT/SIGTERM do)."""
