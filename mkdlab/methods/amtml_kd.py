@@ -203,13 +203,18 @@ class AMTMLKD(Distiller):
         self.set_phase(state.epoch)
 
     def after_step(self, state: TrainState, batch: Batch, output: StepOutput) -> None:
-        """Adapter phase: step Θ, W with their own SGD (unscaling fp16 gradients), then zero their gradients."""
+        """Adapter phase: step Θ, W with their own SGD (unscaling fp16 gradients), then zero their gradients.
+
+        Data parallel: Θ and W are no part of the DistributedDataParallel wrapper (their own optimiser, their phase
+        switch), so their gradients are averaged over the ranks here, and the teacher-level weights are the mean
+        over the gathered global batch: every rank takes the same step."""
         if not self.in_adapter_phase(state.epoch):
             return
         optimizer = self.extra_optimizers()["adapter"]
         for group in optimizer.param_groups:
             group["lr"] = self.adapter_lr_at(state.epoch)
         grads = [p.grad for p in (self.theta, self.w) if p.grad is not None]
+        state.collectives.all_reduce_mean(grads)  # data parallel: the gradient of the global batch
         finite = all(torch.isfinite(g).all() for g in grads)
         if grads and finite:
             if state.grad_scale:
@@ -218,7 +223,8 @@ class AMTMLKD(Distiller):
             optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         if "teacher_weights" in output.extras:
-            self.teacher_level_weights.copy_(output.extras["teacher_weights"].float().mean(0))
+            weights = state.collectives.all_gather(output.extras["teacher_weights"])
+            self.teacher_level_weights.copy_(weights.float().mean(0))
 
     def on_epoch_end(self, state: TrainState) -> None:
         """At the end of the adapter phase freeze Θ and W (the regulariser and phase-1 terms switch off)."""

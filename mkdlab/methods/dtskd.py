@@ -112,7 +112,8 @@ class DTSKD(Distiller):
     (the official initialisation). :meth:`forward_train` keeps the step's detached float32 softmaxes (T = 1);
     :meth:`after_step` writes them at ``batch.indices`` and marks those samples seen — the target of a sample is
     then its prediction from when it was last seen (one epoch earlier, under another augmentation). With
-    ``parity=True`` (or ``hskd=False``, which needs no history) nothing is written.
+    ``parity=True`` (or ``hskd=False``, which needs no history) nothing is written. Under ``torchrun`` the writes
+    of every rank are gathered first (:meth:`after_step`).
     """
 
     Params = DTSKDParams
@@ -193,9 +194,13 @@ class DTSKD(Distiller):
         self.schedule_epochs = self.params.epochs or state.total_epochs
 
     def after_step(self, state: TrainState, batch: Batch, output: StepOutput) -> None:
-        """Write this step's predictions (``output.carry["probs"]``) into the memory banks (not in parity mode)."""
+        """Write this step's predictions (``output.carry["probs"]``) into the memory banks (not in parity mode).
+
+        Data parallel: every rank writes the whole global batch (the indices and predictions of all ranks,
+        gathered), so the banks stay identical on every rank and equal to those of one process."""
         if "probs" in output.carry:
-            self.remember(batch.indices, output.carry["probs"])
+            gather = state.collectives.all_gather
+            self.remember(gather(batch.indices), gather(output.carry["probs"], dim=1))
 
     # -- the loss ------------------------------------------------------------------------------------------------
     def historical_term(self, batch: Batch, outputs: Sequence[Tensor], epoch: int) -> Tensor:

@@ -25,6 +25,7 @@ from mkdlab.losses.divergences import kd_loss
 from mkdlab.losses.features import gram_matrix, per_sample_mse, resize_to
 from mkdlab.methods.adapters import Embed
 from mkdlab.methods.base import Batch, Distiller, StepOutput, TrainState
+from mkdlab.methods.collectives import Collectives
 from mkdlab.methods.feature_terms import tap_shape
 from mkdlab.methods.hard_buffer import HardBuffer
 from mkdlab.methods.meta import (
@@ -37,9 +38,9 @@ from mkdlab.methods.meta import (
     unrolled_hypergradient,
 )
 from mkdlab.methods.meta_weights import FeatureWeight, LogitsWeight
+from mkdlab.methods.mmkd_parts import TAP, StudentView, TeacherTargets
 from mkdlab.methods.registry import register_method
 
-TAP = "penultimate_mmkd"
 #: images of the zoo are 32×32 (the hard buffer's storage is allocated with this size).
 IMAGE_SIZE = 32
 StepKind = Literal["match", "ce", "full"]
@@ -112,38 +113,6 @@ class MMKDParams:
         return self.convs and not self.parity
 
 
-@dataclass
-class TeacherTargets:
-    """What the teachers contribute to a batch: logits K×B×C, their tap maps (one per teacher), these maps pooled
-    to the matching size and their B×B Gram matrices (from the unpooled maps). Constants."""
-
-    logits: Tensor
-    raw_maps: list[Tensor]
-    maps: list[Tensor]
-    grams: list[Tensor]
-
-
-class StudentView(nn.Module):
-    """The student and the embeds under the MMKD module's parameter names (``student.*``, ``embeds.*``), so that
-    :func:`torch.func.functional_call` can run them on substituted parameters. Built on demand, never
-    registered (it holds no state of its own)."""
-
-    def __init__(self, student: nn.Module, embeds: nn.ModuleList, sizes: Sequence[tuple[int, int]]) -> None:
-        super().__init__()
-        self.student = student
-        self.embeds = embeds
-        self.sizes = list(sizes)
-
-    def forward(self, images: Tensor, embed: bool = True) -> tuple[Tensor, Tensor, list[Tensor]]:
-        r"""Student logits, its tap map and (with ``embed``) :math:`\mathrm{Embed}_k` of the map pooled to each
-        teacher's matching size."""
-        maps = self.student.forward_features(images)
-        feature_map = maps[self.student.taps[TAP]]
-        embedded = [e(resize_to(feature_map, s)) for e, s in zip(self.embeds, self.sizes, strict=True)] if embed \
-            else []
-        return maps["logits"], feature_map, embedded
-
-
 @register_method("mmkd")
 class MMKD(Distiller):
     r"""Adaptive multi-teacher KD with meta-learning (methods.md §5.3; parameters in :class:`MMKDParams`).
@@ -181,6 +150,11 @@ class MMKD(Distiller):
     besides Nesterov momentum, why it is not exact. The teacher outputs of a meta batch are those stored in the hard
     buffer with its images (computed once, by the student step that saw them). Finally the hard buffer takes the
     batch's misclassified samples.
+
+    **Data parallel** (``torchrun``): the meta update and the hard buffer work on the global batch, gathered from
+    every rank (:meth:`global_batch`), so they are those of one process, repeated on every rank. The student step's
+    weights come from each rank's block: its Gram matrices are of the rank's ``B / world_size`` samples
+    (zero-padded to ``gram_size``), not of the global batch.
     """
 
     Params = MMKDParams
@@ -408,8 +382,26 @@ class MMKD(Distiller):
         targets = output.carry.get("targets")
         if targets is None:
             raise RuntimeError("MMKD.after_step needs the teacher outputs of forward_train on the same batch")
+        batch, predictions, targets = self.global_batch(state.collectives, batch, output.logits.detach().argmax(1),
+                                                        targets)
         if self.params.meta_freq and state.step_in_epoch % self.params.meta_freq == 0:
             self.meta_step(state.optimizer, *self.meta_batch(batch, targets))
         if self.hard_buffer is not None:
-            self.hard_buffer.push(batch.images, batch.labels, output.logits.detach().argmax(1),
-                                  self.buffer_fields(targets))
+            self.hard_buffer.push(batch.images, batch.labels, predictions, self.buffer_fields(targets))
+
+    def global_batch(self, collectives: Collectives, batch: Batch, predictions: Tensor,
+                     targets: TeacherTargets) -> tuple[Batch, Tensor, TeacherTargets]:
+        """The step's batch, the student's predictions and the teacher targets of all ranks of a data-parallel run
+        (gathered in rank order: the global batch one process would see); for one process, as given.
+
+        Every rank then pushes the same samples into its hard buffer and draws the same meta batch from it (the
+        global generators advance alike on every rank), so the weight networks take the same meta step everywhere
+        and the buffer a checkpoint saves is the one of every rank."""
+        if not collectives.distributed:
+            return batch, predictions, targets
+        gather = collectives.all_gather
+        images = gather(batch.images)
+        if batch.images.is_contiguous(memory_format=torch.channels_last):
+            images = images.contiguous(memory_format=torch.channels_last)
+        targets = self.make_targets(gather(targets.logits, dim=1), [gather(m) for m in targets.raw_maps])
+        return Batch(images, gather(batch.labels)), gather(predictions), targets
