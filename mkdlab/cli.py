@@ -102,7 +102,8 @@ def _parser() -> argparse.ArgumentParser:
     train = sub.add_parser("train", help="train a student with a method preset")
     train.add_argument("preset", help="preset name (see `list presets`) or a YAML file")
     train.add_argument("overrides", nargs="*", help="key=value overrides, e.g. train.lr=0.1")
-    train.add_argument("--resume", action="store_true", help="continue the run in its run directory")
+    train.add_argument("--resume", action="store_true", help="continue the run in its run directory (under torchrun "
+                       "a restarted group resumes by itself)")
     _device(train)
     train.set_defaults(func=_cmd_train)
 
@@ -168,6 +169,16 @@ def _parser() -> argparse.ArgumentParser:
     reproduce.add_argument("--jobs", type=int, default=1,
                            help="runs trained at once, each in its own process (default 1); small models leave a "
                            "GPU mostly idle, so on a GPU try the number of CPU cores")
+    reproduce.add_argument("--executor", choices=["local", "ray"], default="local",
+                           help="local: this machine (--jobs); ray: every run a task on a Ray cluster (pip install "
+                           "-e \".[ray]\"), the run folder and MKDLAB_HOME shared by its nodes")
+    reproduce.add_argument("--address", default=None, metavar="HOST:PORT",
+                           help="with --executor ray: the cluster's head (default: RAY_ADDRESS, else a local Ray)")
+    reproduce.add_argument("--cpus-per-run", type=float, default=1.0, metavar="N",
+                           help="with --executor ray: CPUs (and PyTorch threads) of each run (default 1)")
+    reproduce.add_argument("--gpus-per-run", type=float, default=None, metavar="F",
+                           help="with --executor ray: GPU share of each run, a fraction lets small runs share a GPU "
+                           "(default 0.125 on a cluster with GPUs, else 0)")
     reproduce.add_argument("--record-extras", action="store_true",
                            help="also keep each epoch's per-sample extras (teacher weights …) for the figures")
     reproduce.add_argument("--report-only", action="store_true", help="only write the table from finished runs")
@@ -197,12 +208,17 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
+    from mkdlab.engine.device import resolve_device
+    from mkdlab.engine.distributed import DistributedContext
     from mkdlab.experiment import load_experiment, run_experiment
 
     config = load_experiment(args.preset, _with_device(args))
+    group = DistributedContext.from_environment(resolve_device(config.train.device))  # torchrun: join the group
     result, _ = run_experiment(config, resume=args.resume)
-    print(f"{config.name}: last top-1 {result.last_top1:.2f}%  best top-1 {result.best_top1:.2f}% "
-          f"(epoch {result.best_epoch})  in {result.wall_time_s:.0f} s; outputs in {config.run_dir()}")
+    if group.is_main:
+        ranks = f" on {group.world_size} processes" if group.distributed else ""
+        print(f"{config.name}: last top-1 {result.last_top1:.2f}%  best top-1 {result.best_top1:.2f}% "
+              f"(epoch {result.best_epoch})  in {result.wall_time_s:.0f} s{ranks}; outputs in {config.run_dir()}")
     return 0
 
 
@@ -273,7 +289,7 @@ def _cmd_reproduce(args: argparse.Namespace) -> int:
         if args.jobs < 1:
             raise ConfigError(f"--jobs must be at least 1, got {args.jobs}")
         records = run_study(row, args.seeds, out=args.out, labels=args.columns, jobs=args.jobs,
-                            record_extras=args.record_extras)
+                            record_extras=args.record_extras, executor=_executor(args))
     if not records:
         print(f"no finished runs of {row.name} under {args.out}")
         return 1
@@ -286,6 +302,19 @@ def _cmd_reproduce(args: argparse.Namespace) -> int:
         paths = write_figures(row, records, args.out, args.figures)
         print("figures: " + "  ".join(str(p) for p in paths))
     return 0
+
+
+def _executor(args: argparse.Namespace) -> Any:
+    """The Ray executor ``--executor ray`` asks for (``None``: the local one, ``--jobs`` processes)."""
+    if args.executor == "local":
+        if args.address:
+            raise ConfigError("--address names a Ray cluster: add --executor ray")
+        return None
+    if args.jobs != 1:
+        raise ConfigError("--jobs packs runs on this machine; with --executor ray give --cpus-per-run/--gpus-per-run")
+    from mkdlab.studies.ray_executor import RayExecutor
+
+    return RayExecutor(args.address, cpus_per_run=args.cpus_per_run, gpus_per_run=args.gpus_per_run)
 
 
 def _cmd_visdom(args: argparse.Namespace) -> int:
