@@ -115,3 +115,15 @@ def test_demo_on_a_tiny_budget(tmp_path, home):
     for needle in ("teacher", "ensemble", "ce (no teacher)", "kd (best teacher)", "aver_kd (3 teachers)"):
         assert needle in result.stdout
     assert (tmp_path / "figs" / "demo_accuracy.png").stat().st_size > 10_000
+
+
+def test_the_ray_executor_without_ray_says_how_to_install_it(monkeypatch, capsys):
+    from mkdlab.cli import main
+
+    monkeypatch.setitem(sys.modules, "ray", None)  # `import ray` raises ImportError, as without the extra
+    assert main(["reproduce", "compare_fmnist_mini", "--executor", "ray"]) == 2
+    assert 'mkdlab: error: --executor ray needs the ray package: pip install -e ".[ray]"' in capsys.readouterr().err
+    assert main(["reproduce", "compare_fmnist_mini", "--address", "head:6379"]) == 2
+    assert "add --executor ray" in capsys.readouterr().err
+    assert main(["reproduce", "compare_fmnist_mini", "--executor", "ray", "--jobs", "2"]) == 2
+    assert "--jobs packs runs on this machine" in capsys.readouterr().err

@@ -2,9 +2,10 @@
 
 :func:`run_study` turns a row into :class:`RunJob` s, leaves out the finished ones (their ``result.json`` exists)
 and hands the rest to an :class:`Executor`: the :class:`SequentialExecutor` runs them one after the other in this
-process, the :class:`LocalPoolExecutor` on worker processes of this machine. Any object with the executor's one
-``run`` method can stand in for them (a cluster executor, say): it gets the pending jobs, trains the teachers they
-need, runs every job and leaves its ``result.json``, and reports the failures together as a :class:`StudyRunError`.
+process, the :class:`LocalPoolExecutor` on worker processes of this machine, and
+:class:`~mkdlab.studies.ray_executor.RayExecutor` as tasks on a Ray cluster. Any object with the executor's one
+``run`` method can stand in for them: it gets the pending jobs, trains the teachers they need, runs every job and
+leaves its ``result.json``, and reports the failures together as a :class:`StudyRunError`.
 """
 
 from __future__ import annotations
@@ -128,11 +129,11 @@ class LocalPoolExecutor:
             teachers = missing_teachers((job.config for job in jobs), pool)
             futures = {processes.submit(train_teacher, config, pool): f"teacher {name}"
                        for name, config in teachers.items()}
-            _collect(futures, failures, verbose)
+            collect(futures, failures, verbose)
             if failures:
                 raise StudyRunError(f"training the teachers failed: {'; '.join(failures)}")
             futures = {processes.submit(run_job, job, pool, record_extras, False): job.name for job in jobs}
-            _collect(futures, failures, verbose)
+            collect(futures, failures, verbose)
         if failures:
             raise StudyRunError(f"{len(failures)} of {len(jobs)} runs failed: {'; '.join(failures)}. The others are "
                                "finished; run the same study again to resume the failed ones")
@@ -164,8 +165,10 @@ def train_teacher(config: ExperimentConfig, pool: TeacherPool | None) -> None:
     load_teachers(config, pool, verbose=False)
 
 
-def _collect(futures: Mapping[Any, str], failures: list[str], verbose: bool) -> None:
-    """Wait for ``futures`` (future → what it runs), printing each outcome; failures are appended, not raised."""
+def collect(futures: Mapping[Any, str], failures: list[str], verbose: bool) -> None:
+    """Wait for ``futures`` (future → what it runs), printing each outcome; failures are appended, not raised.
+
+    Any :class:`concurrent.futures.Future` will do: a process pool's, or a Ray task's (``ObjectRef.future()``)."""
     from concurrent.futures import as_completed
 
     for done, future in enumerate(as_completed(futures), 1):
