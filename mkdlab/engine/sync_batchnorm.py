@@ -23,19 +23,18 @@ from torch import Tensor, nn
 
 class _AllReduceSum(torch.autograd.Function):
     """The sum over the ranks, differentiable: the gradient of every rank's input is the sum of the ranks'
-    incoming gradients (each rank's output is the same sum)."""
+    incoming gradients (each rank's output is the same sum). The backward is this sum again, so second derivatives
+    (MMKD's look-ahead) go through it too."""
 
     @staticmethod
     def forward(ctx: object, tensor: Tensor) -> Tensor:
-        total = tensor.clone()
+        total = tensor.clone(memory_format=torch.contiguous_format)
         dist.all_reduce(total)
         return total
 
     @staticmethod
     def backward(ctx: object, grad: Tensor) -> Tensor:
-        total = grad.contiguous().clone()
-        dist.all_reduce(total)
-        return total
+        return _AllReduceSum.apply(grad)
 
 
 def all_reduce(tensor: Tensor) -> Tensor:
