@@ -16,10 +16,14 @@ from mkdlab.engine import Trainer, TrainingInterrupted
 from mkdlab.experiment import method_params
 from mkdlab.losses.self_distillation import cosine_alpha, linear_alpha, smoothed_kl, structural_loss
 from mkdlab.methods.base import Batch
+from mkdlab.methods.collectives import Collectives
 from mkdlab.methods.dtskd import DTSKD, DTSKDParams
 from mkdlab.models import count_parameters, create
 from mkdlab.models.branches import MultiBranchNet, TopDownBranches
 from mkdlab.typed import ConfigError
+
+#: the state a hook of a one-process run sees (what after_step reads of it).
+ONE_PROCESS = SimpleNamespace(collectives=Collectives())
 
 C, B = 10, 6
 F64 = torch.float64
@@ -200,7 +204,7 @@ def test_hskd_off_is_ce_plus_structural():
     ce = -(z0 - torch.logsumexp(z0, 1, keepdim=True))[torch.arange(B), b.labels].mean()
     torch.testing.assert_close(out.losses["ce"], 0.3 * ce, **F64_TOL)
     torch.testing.assert_close(out.total(), 0.3 * ce + reference_structural(outputs, w_kd=0.7), **F64_TOL)
-    dtskd.after_step(None, b, out)
+    dtskd.after_step(ONE_PROCESS, b, out)
     assert not dtskd.seen.any() and not dtskd.memory.any()
 
 
@@ -234,7 +238,7 @@ def test_memory_is_written_at_the_sample_indices_and_only_there():
     b = batch()
     out = dtskd.forward_train(b, epoch=0)
     assert not dtskd.memory.any()  # written after the optimiser step, not during the forward
-    dtskd.after_step(None, b, out)
+    dtskd.after_step(ONE_PROCESS, b, out)
     expected = torch.stack([z.softmax(1) for z in dtskd.outputs(b.images)])
     torch.testing.assert_close(dtskd.memory[:, b.indices], expected)
     others = torch.ones(20, dtype=torch.bool)
@@ -263,7 +267,7 @@ def test_parity_never_writes_the_memory_so_targets_stay_one_hot():
     b.images = b.images.double()
     for epoch in range(3):
         out = dtskd.forward_train(b, epoch=epoch)
-        dtskd.after_step(None, b, out)
+        dtskd.after_step(ONE_PROCESS, b, out)
     assert not dtskd.memory.any() and not dtskd.seen.any()
     hist = reference_hist(dtskd.outputs(b.images), b.labels, dtskd.memory[:, b.indices],
                           torch.zeros(B, dtype=torch.bool), 0.5, (3.0, 1.0, 1.0))  # one-hot: α is irrelevant
@@ -276,7 +280,7 @@ def test_memory_stays_float32_under_bf16_autocast():
     with torch.autocast("cpu", dtype=torch.bfloat16):
         out = dtskd.forward_train(b, epoch=0)
     assert out.logits.dtype == torch.bfloat16
-    dtskd.after_step(None, b, out)
+    dtskd.after_step(ONE_PROCESS, b, out)
     assert dtskd.memory.dtype == torch.float32
     torch.testing.assert_close(dtskd.memory[0, b.indices], out.logits.float().softmax(1))
 
