@@ -6,10 +6,11 @@ in float32, is compared between the ranks only). What differs between two
 ranks and one process is only the order of the sums: each rank sums the gradient and the batch-norm statistics over
 its 8 samples and the ranks then add their parts, where one process sums all 16 at once. In float64 that
 reassociation costs a few units of 2^-53 ≈ 1.1e-16 per sum; through the 16·32·32-term sums of a convolution's
-weight gradient and the cancellations of batch norm's backward it grows to the 1e-14 measured after one step, and
-to at most ~1e-12 after six. ``TOLERANCE`` (1e-9) leaves that a thousandfold margin, while any real difference —
-a rank holding other samples, a gradient not averaged, per-rank batch statistics (the run without SyncBatchNorm
-differs by ~1e-3), a memory bank missing the other rank's writes — is orders of magnitude larger. (In float32 the
+weight gradient and the cancellations of batch norm's backward it grows to the 1.6e-14 measured on the gradients
+after one step, and to the 4e-14–9e-14 measured on the weights after three and six steps. ``TOLERANCE`` (1e-9)
+leaves that a ten-thousandfold margin, while any real difference — a rank holding other samples, a gradient not
+averaged, per-rank batch statistics (without SyncBatchNorm the weights differ by 1.3e-2 after three steps), a
+memory bank missing the other rank's writes — is orders of magnitude larger. (In float32 the
 same reassociation, through oneDNN kernels whose algorithm depends on the batch size, already moves the first
 layer's weights by ~1e-3 relative after one step: no tolerance derived from float32 rounding would be tight.)
 """
