@@ -33,6 +33,7 @@ from mkdlab.engine.loggers import make_loggers, progress
 from mkdlab.engine.seeding import seed_everything
 from mkdlab.engine.trainer import FitResult, Trainer
 from mkdlab.methods.base import Distiller
+from mkdlab.methods.frozen import TEACHER_COMPILERS
 from mkdlab.methods.registry import get_method
 from mkdlab.models import available_models, create
 from mkdlab.profiles import Profile, current_profile
@@ -61,6 +62,7 @@ def validate(config: ExperimentConfig) -> None:
     if config.teachers is not None:
         for arch in config.teachers.architectures():
             _check_choice("teachers.arch", arch, available_models())
+        _check_choice("teachers.compile", config.teachers.compile, list(TEACHER_COMPILERS))
     method_params(config)
     teachers_for(config.method.name, config.teachers)
 
@@ -125,10 +127,11 @@ def with_method(base: ExperimentConfig, method: str, *, params: Mapping[str, Any
 def lesson_config(profile: Profile | str | None = None, device: str = "auto",
                   overrides: Sequence[str] = ()) -> ExperimentConfig:
     """The base of the notebooks and the demo: the ``demo`` preset with the overlay of ``profile`` (default: the
-    current one, :func:`mkdlab.profiles.current_profile`), ``train.device=device``, then ``overrides``."""
+    current one, :func:`mkdlab.profiles.current_profile`), ``train.device=device``, runs under
+    ``runs/<profile>`` (so that a smoke run never replaces a quick one), then ``overrides``."""
     profile = Profile(profile) if profile is not None else current_profile()
     return load_experiment(apply_profile(read_preset(LESSON_PRESET), profile),
-                           [f"train.device={device}", *overrides])
+                           [f"train.device={device}", f"output.dir=runs/{profile.value}", *overrides])
 
 
 def teacher_entry_names(config: ExperimentConfig) -> list[str]:
@@ -213,6 +216,8 @@ def run_experiment(config: ExperimentConfig, *, pool: TeacherPool | None = None,
 def _fit(config: ExperimentConfig, teachers: Sequence[nn.Module], *, verbose: bool, resume: bool,
          record_extras: bool = False) -> tuple[FitResult, Distiller]:
     method = build_method(config, teachers)
+    if config.teachers is not None:
+        method.ensemble.use_compiled(config.teachers.compile)  # type: ignore[arg-type]
     device = resolve_device(config.train.device)
     train_loader, test_loader = make_loaders(
         config.data.dataset, config.data.batch_size, device=device, root=config.data.root,
