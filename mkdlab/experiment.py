@@ -33,7 +33,7 @@ from mkdlab.engine.loggers import make_loggers, progress
 from mkdlab.engine.seeding import seed_everything
 from mkdlab.engine.trainer import FitResult, Trainer
 from mkdlab.methods.base import Distiller
-from mkdlab.methods.frozen import TEACHER_COMPILERS
+from mkdlab.methods.frozen import TEACHER_COMPILERS, compiler_for_run
 from mkdlab.methods.registry import get_method
 from mkdlab.models import available_models, create
 from mkdlab.profiles import Profile, current_profile
@@ -216,14 +216,16 @@ def run_experiment(config: ExperimentConfig, *, pool: TeacherPool | None = None,
 def _fit(config: ExperimentConfig, teachers: Sequence[nn.Module], *, verbose: bool, resume: bool,
          record_extras: bool = False) -> tuple[FitResult, Distiller]:
     method = build_method(config, teachers)
-    if config.teachers is not None:
-        method.ensemble.use_compiled(config.teachers.compile)  # type: ignore[arg-type]
     device = resolve_device(config.train.device)
     train_loader, test_loader = make_loaders(
         config.data.dataset, config.data.batch_size, device=device, root=config.data.root,
         loader=config.data.loader, seed=config.train.seed, drop_last=method.needs_drop_last,
         with_index=method.needs_indices, num_workers=config.data.num_workers, download=config.data.download,
     )
+    if config.teachers is not None:
+        steps = config.train.epochs * len(train_loader)  # type: ignore[arg-type]
+        steps = min(steps, config.train.max_steps) if config.train.max_steps is not None else steps
+        method.ensemble.use_compiled(compiler_for_run(config.teachers.compile, steps))  # type: ignore[arg-type]
     run_dir = config.run_dir()
     save_atomic_text(dump_config(config), run_dir / "config.yaml")
     loggers = make_loggers(run_dir, console=verbose, visdom=config.output.visdom,

@@ -106,3 +106,22 @@ def test_the_ensemble_runs_compiled_teachers_on_the_cpu_until_turned_off():
     assert_float32_close(torch.stack([m["logits"] for m in maps]), expected, exact)
     compiled.use_compiled("off")
     assert torch.equal(compiled.logits(images), expected)
+
+
+def test_runs_compile_their_teachers_when_asked_or_long_enough(tmp_path):
+    from mkdlab.config import load_config
+    from mkdlab.experiment import run_experiment, with_method
+    from mkdlab.methods.frozen import AUTO_MIN_STEPS, compiler_for_run
+    from mkdlab.teachers import TeacherPool
+
+    assert compiler_for_run("auto", AUTO_MIN_STEPS - 1) == "off" and compiler_for_run("auto", AUTO_MIN_STEPS) == "auto"
+    assert compiler_for_run("jit", 1) == "jit" and compiler_for_run("off", 10**6) == "off"
+    base = load_config({"name": "tiny", "student": "resnet8", "data": {"dataset": "fashion_mnist_mini"},
+                        "teachers": {"arch": "resnet8", "seeds": [0, 1], "epochs": 1, "max_steps": 2,
+                                     "compile": "jit"},
+                        "train": {"epochs": 1, "max_steps": 3, "device": "cpu", "log_every_steps": 0},
+                        "output": {"dir": str(tmp_path / "runs")}})
+    result, method = run_experiment(with_method(base, "aver_kd"), pool=TeacherPool(tmp_path / "home", shipped=None),
+                                    verbose=False)
+    assert method.ensemble.frozen is not None and method.ensemble.compile_seconds > 0
+    assert len(method.ensemble.frozen[0]._graphs) == 1 and result.history[-1]["step"] == 3

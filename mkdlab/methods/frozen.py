@@ -34,6 +34,14 @@ TEACHER_COMPILERS = ("auto", "jit", "inductor", "off")
 Outputs = Tensor | dict[str, Tensor]
 #: what ``compiler="auto"`` picks on the CPU (the faster in ``benchmarks/bench_frozen.py``).
 AUTO_COMPILER = "jit"
+#: ``teachers.compile=auto`` compiles for runs of at least this many steps: compiling a teacher's two graphs costs
+#: about as much as 10-30 of its eager forward passes, so shorter runs (smoke runs, tests) stay eager.
+AUTO_MIN_STEPS = 50
+
+
+def compiler_for_run(setting: str, steps: int) -> str:
+    """What a run of ``steps`` optimiser steps uses for ``teachers.compile=setting``: a compiler or ``off``."""
+    return "off" if setting == "auto" and steps < AUTO_MIN_STEPS else setting
 
 
 class TeacherOutputs(nn.Module):
