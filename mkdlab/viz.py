@@ -22,17 +22,22 @@ def plot_accuracy_curves(histories: Mapping[str, Sequence[Mapping[str, Any]]], *
     """
     if ax is None:
         _, ax = plt.subplots(figsize=(7, 4))
+    seen: set[int] = set()
     for label, rows in histories.items():
         points = [(row["epoch"], row[metric]) for row in rows if metric in row]
         if not points:
             continue
         epochs, values = zip(*points, strict=True)
+        seen.update(epochs)
         (line,) = ax.plot(epochs, values, label=f"{label} (last {values[-1]:.2f}, best {max(values):.2f})")
         best = max(range(len(values)), key=values.__getitem__)
-        ax.plot(epochs[best], values[best], "*", markersize=11, color=line.get_color())
         ax.plot(epochs[-1], values[-1], "o", markersize=13, markerfacecolor="none", markeredgewidth=1.5,
                 color=line.get_color())
-    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.plot(epochs[best], values[best], "*", markersize=11, color=line.get_color())
+    if 0 < len(seen) <= 20:
+        ax.set_xticks(sorted(seen))  # every epoch, also when there is only one
+    else:
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_xlabel("epoch")
     ax.set_ylabel(f"{metric} (%)")
     ax.set_title(f"{title}  (○ last epoch, ★ best epoch)")
