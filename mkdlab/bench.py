@@ -8,10 +8,12 @@ CE + equal-weight KD) on the same architectures and batch size:
   gathered (``is_feat=True``), the student's features gathered too;
 * **mkdlab**: the real :class:`~mkdlab.engine.trainer.Trainer` running :class:`~mkdlab.methods.weighted_kd.AverKD`:
   data resident on the device and augmented there, teachers under ``inference_mode`` (batched into one vmapped call
-  where that is faster), channels_last, and bf16 autocast on CUDA.
+  where that is faster), channels_last, and bf16 autocast on CUDA; measured twice on the CPU, with eager teachers
+  and with frozen compiled ones (:mod:`mkdlab.methods.frozen`: BatchNorm folded, ReLUs fused, weights pre-packed for
+  oneDNN, compiled once per run, during the warm-up steps: the compile time is reported apart).
 
-Then the mkdlab step is split into its parts (data, teachers, student forward+backward) so the cost is visible.
-Models are randomly initialised: speed does not depend on the weights.
+Then the mkdlab step is split into its parts (data, teachers, student forward+backward, the rest) so the cost is
+visible. Models are randomly initialised: speed does not depend on the weights.
 """
 
 from __future__ import annotations
@@ -110,16 +112,20 @@ class _StepClock(TrainingHooks):
 
 
 def mkdlab_images_per_second(teacher: str, student: str, k: int, batch_size: int, steps: int, warmup: int,
-                             device: torch.device, dataset: str, num_classes: int) -> float:
-    """Images/second of the trainer running AVER-KD on the device-resident loader."""
+                             device: torch.device, dataset: str, num_classes: int,
+                             compiled: bool = False) -> tuple[float, float]:
+    """Images/second of the trainer running AVER-KD on the device-resident loader, and the seconds spent compiling
+    the teachers (``compiled``: frozen compiled teachers on the CPU; compiled during the warm-up)."""
     info = dataset_info(dataset)
     teachers, net = _models(teacher, student, k, num_classes, info.in_channels, device)
     train_loader, _ = make_loaders(dataset, batch_size, device=device, loader="device", drop_last=True)
     clock = _StepClock(warmup, device)
     config = TrainConfig(epochs=10_000, max_steps=warmup + steps, device=str(device), nesterov=True,
                          log_every_steps=0)
-    Trainer(AverKD(net, teachers), train_loader, None, config, callbacks=[clock]).fit()
-    return batch_size * clock.timed / (clock.end - clock.start)
+    method = AverKD(net, teachers)
+    method.ensemble.use_compiled("auto" if compiled else "off")
+    Trainer(method, train_loader, None, config, callbacks=[clock]).fit()
+    return batch_size * clock.timed / (clock.end - clock.start), method.ensemble.compile_seconds
 
 
 def breakdown(teacher: str, student: str, k: int, batch_size: int, steps: int, warmup: int, device: torch.device,
@@ -137,10 +143,14 @@ def breakdown(teacher: str, student: str, k: int, batch_size: int, steps: int, w
     optimizer = torch.optim.SGD(net.parameters(), lr=0.05, momentum=0.9)
     results: dict[str, float] = {"data (device loader)": batch_size / _timed(lambda: next(batches), steps, warmup,
                                                                             device)}
-    for mode in ("loop", "vmap"):
-        ensemble = TeacherEnsemble(teachers, batching=mode)
+    for mode in ("loop", "vmap", "compiled"):
+        ensemble = TeacherEnsemble(teachers, batching="vmap" if mode == "vmap" else "loop")
         if mode == "vmap" and not ensemble.uses_vmap(device):
             continue
+        if mode == "compiled":
+            if device.type != "cpu":
+                continue
+            ensemble.use_compiled("auto")
 
         def teachers_forward(ensemble: TeacherEnsemble = ensemble) -> None:
             with autocast:
@@ -169,11 +179,34 @@ def run_step_benchmark(teacher: str = "resnet56", student: str = "resnet20", num
           f"{target} ({torch.get_num_threads()} threads), data {dataset}")
     reference = reference_images_per_second(*args)
     print(f"  reference loop (DataLoader+PIL, fp32, teachers one by one, all features): {reference:8.1f} img/s")
-    ours = mkdlab_images_per_second(*args)
-    print(f"  mkdlab trainer (device data, inference_mode teachers, channels_last; bf16 on CUDA): {ours:8.1f} img/s")
-    print(f"  speed-up: {ours / reference:.2f}x")
+    ours, _ = mkdlab_images_per_second(*args)
+    print(f"  mkdlab trainer (device data, inference_mode teachers, channels_last; bf16 on CUDA): {ours:8.1f} img/s"
+          f"   {ours / reference:.2f}x the reference")
+    results = {"reference": reference, "mkdlab": ours, "ratio": ours / reference}
+    step_rate = ours
+    if target.type == "cpu":
+        compiled, seconds = mkdlab_images_per_second(*args, compiled=True)
+        print(f"  mkdlab trainer, frozen teachers compiled (BN folded, ReLU fused, oneDNN pre-packed): "
+              f"{compiled:8.1f} img/s   {compiled / reference:.2f}x the reference   (compiled once in {seconds:.1f} s, "
+              f"outside the timed steps)")
+        results.update({"mkdlab_compiled": compiled, "ratio_compiled": compiled / reference, "compile_s": seconds})
+        step_rate = compiled
     parts = breakdown(*args)
     print("  where the mkdlab step's time goes (each part alone):")
     for name, rate in parts.items():
         print(f"    {name:40s} {rate:10.1f} img/s   {1000 * batch_size / rate:8.2f} ms/batch")
-    return {"reference": reference, "mkdlab": ours, "ratio": ours / reference, **parts}
+    print(where_the_time_goes(parts, step_rate, batch_size, num_teachers))
+    return {**results, **parts}
+
+
+def where_the_time_goes(parts: dict[str, float], step_rate: float, batch_size: int, k: int) -> str:
+    """One line: the share of the fastest mkdlab step taken by the teachers, the student, the data and the rest."""
+    step_ms = 1000 * batch_size / step_rate
+    teacher_ms = min(1000 * batch_size / rate for name, rate in parts.items() if name.startswith(f"{k} teachers"))
+    student_ms = 1000 * batch_size / parts["student forward+backward+SGD"]
+    data_ms = 1000 * batch_size / parts["data (device loader)"]
+    rest_ms = step_ms - teacher_ms - student_ms - data_ms
+    shares = [("teachers' forward", teacher_ms), ("student forward+backward+SGD", student_ms), ("data", data_ms),
+              ("the rest (KD loss and its backward, totals, hooks)", rest_ms)]
+    return f"  of the fastest step ({step_ms:.1f} ms): " + ", ".join(
+        f"{what} {ms:.1f} ms ({100 * ms / step_ms:.0f} %)" for what, ms in shares)

@@ -95,7 +95,9 @@ def _parser() -> argparse.ArgumentParser:
     demo.add_argument("--figures", default="figures", help="where the plots go (default figures/)")
     _device(demo, "auto")
     demo.add_argument("--methods", nargs="+", default=None, metavar="METHOD",
-                      help="methods to train the student with (default: ce kd aver_kd)")
+                      help="methods to train the student with (default: ce kd aver_kd ca_mkd de_mkd)")
+    demo.add_argument("--train-teachers", action="store_true",
+                      help="train the teachers (into $MKDLAB_HOME) instead of loading the ones shipped in mkdlab")
     demo.add_argument("overrides", nargs="*", help="key=value overrides applied to every demo run")
     demo.set_defaults(func=_cmd_demo)
 
@@ -203,7 +205,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     for method in methods:
         method_class(method)
     run_demo(profile=args.profile, out=Path(args.out), figures=Path(args.figures), device=args.device,
-             overrides=args.overrides, methods=methods)
+             overrides=args.overrides, methods=methods, train_teachers=args.train_teachers)
     return 0
 
 
@@ -244,7 +246,7 @@ def _cmd_teachers_train(args: argparse.Namespace) -> int:
     entries = pool.entries()
     for name in teacher_entry_names(config):
         entry = entries[name]
-        print(f"{entry.name}: top-1 {entry.top1:.2f}%  ({pool.root / entry.file})")
+        print(f"{entry.name}: top-1 {entry.top1:.2f}%  ({pool.path_of(name)})")
     return 0
 
 

@@ -54,6 +54,10 @@ class TeachersConfig:
     lr: float = 0.05
     #: explicit teacher-pool entry names (e.g. imported checkpoints); when given, ``arch``/``seeds`` are unused.
     entries: list[str] = field(default_factory=list)
+    #: how the frozen teachers run on the CPU: compiled once per run (``jit``: BatchNorm folded, ReLUs fused, weights
+    #: pre-packed for oneDNN; ``inductor``: torch.compile with freezing), ``auto`` (``jit`` for runs of 50 steps or
+    #: more, eager for shorter ones) or ``off`` (eager).
+    compile: str = "auto"
 
     def architectures(self) -> list[str]:
         """The architecture of each teacher, in seed order."""

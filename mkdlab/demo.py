@@ -1,9 +1,11 @@
-"""The main job, ``python -m mkdlab demo``: teachers, then students trained three ways, compared in one table.
+"""The main job, ``python -m mkdlab demo``: teachers, then students trained five ways, compared in one table.
 
-On the embedded default (the Fashion-MNIST subset shipped with mkdlab, CPU) it trains (or loads from the teacher
-pool) three resnet20 teachers with different seeds, then trains the same resnet8 student with CE only, with KD from
-the best teacher and with equal-weight multi-teacher KD (AVER-KD). It prints the teachers', the ensemble's and the
-students' accuracies and saves the accuracy curves to ``figures/demo_accuracy.png``.
+On the embedded default (the Fashion-MNIST subset shipped with mkdlab, CPU) it loads three resnet20 teachers with
+different seeds from the teacher pool (in the quick profile: the ones shipped in the package; ``train_teachers``
+trains them into ``$MKDLAB_HOME`` instead), then trains the same resnet8 student with CE only, KD from the best
+teacher, equal-weight multi-teacher KD (AVER-KD), CA-MKD and DE-MKD. It prints the teachers', the ensemble's and
+the students' accuracies and saves the accuracy curves beside the teacher weights each multi-teacher student gave
+its teachers to ``figures/demo_accuracy.png``.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import matplotlib.pyplot as plt
+from torch import Tensor
 
 from mkdlab.config import ExperimentConfig
 from mkdlab.data import make_loaders
@@ -32,10 +35,10 @@ from mkdlab.experiment import (
 )
 from mkdlab.profiles import Profile, current_profile
 from mkdlab.teachers import TeacherPool
-from mkdlab.viz import plot_accuracy_curves, save_figure
+from mkdlab.viz import plot_accuracy_curves, plot_mean_teacher_weights, save_figure
 
-#: the methods the demo trains by default: what fits its 10-minute budget on 2 CPU cores.
-DEFAULT_METHODS = ("ce", "kd", "aver_kd")
+#: the methods the demo trains by default: what fits its 5-minute budget on 2 CPU cores (README, Quick start).
+DEFAULT_METHODS = ("ce", "kd", "aver_kd", "ca_mkd", "de_mkd")
 
 
 @dataclass
@@ -51,36 +54,49 @@ class DemoRow:
 
 def run_demo(profile: str | Profile | None = None, out: Path = Path("runs/demo"), figures: Path = Path("figures"),
              device: str = "auto", overrides: Sequence[str] = (), pool: TeacherPool | None = None,
-             methods: Sequence[str] = DEFAULT_METHODS) -> list[DemoRow]:
+             methods: Sequence[str] = DEFAULT_METHODS, train_teachers: bool = False) -> list[DemoRow]:
     """Run the demo and print its table; returns the rows.
 
     Each of ``methods`` trains the same student: a method without teachers alone, a single-teacher method from
-    the best teacher, a multi-teacher method from all of them.
+    the best teacher, a multi-teacher method from all of them. With ``train_teachers`` the shipped teachers are
+    left out of the pool, so the teachers are trained (once: they are stored in ``$MKDLAB_HOME``).
     """
     profile = Profile(profile) if profile is not None else current_profile()
     base = lesson_config(profile, device, overrides)
     base = dataclasses.replace(base, output=dataclasses.replace(base.output, dir=str(out / profile.value)))
-    pool = pool or TeacherPool()
+    pool = pool or (TeacherPool(shipped=None) if train_teachers else TeacherPool())
     started = time.perf_counter()
     teacher_rows, best_name = teacher_rows_and_best(base, pool)
     rows = list(teacher_rows)
     histories: dict[str, list[dict[str, Any]]] = {}
+    weights: dict[str, Tensor] = {}
     for method in methods:
         required = method_class(method).teachers_required
         label = {"none": f"{method} (no teacher)", "one": f"{method} (best teacher)",
                  "many": f"{method} ({len(base.teachers.seeds)} teachers)"}[required]
         config = with_method(base, method, teacher=best_name)
-        result, _ = run_experiment(config, pool=pool, verbose=True)
+        result, _ = run_experiment(config, pool=pool, verbose=True, record_extras=required == "many")
         histories[label] = result.history
+        if result.extras and "teacher_weights" in result.extras[-1]:
+            weights[method] = result.extras[-1]["teacher_weights"]
         rows.append(DemoRow(f"{base.student} · {label}", "student", result.last_top1, result.best_top1,
                             result.wall_time_s))
-    fig, ax = plt.subplots(figsize=(8, 4.5))
-    plot_accuracy_curves(histories, ax=ax, title=f"resnet8 on {base.data.dataset} ({profile.value} profile)")
-    figure = save_figure(fig, figures / "demo_accuracy.png")
-    plt.close(fig)
+    figure = save_demo_figure(histories, weights, [f"seed {s}" for s in base.teachers.seeds],
+                              f"resnet8 on {base.data.dataset} ({profile.value} profile)", figures)
     print(format_table(rows))
     print(f"\naccuracy curves: {figure}   runs: {out / profile.value}   total {time.perf_counter() - started:.0f} s")
     return rows
+
+
+def save_demo_figure(histories: dict[str, list[dict[str, Any]]], weights: dict[str, Tensor],
+                     teacher_names: Sequence[str], title: str, figures: Path) -> Path:
+    """The accuracy curves and, beside them, the mean weight each multi-teacher student gave each teacher."""
+    fig, (curves, bars) = plt.subplots(1, 2, figsize=(13, 4.5), width_ratios=(3, 2))
+    plot_accuracy_curves(histories, ax=curves, title=title)
+    plot_mean_teacher_weights(weights, teacher_names=teacher_names, ax=bars)
+    path = save_figure(fig, figures / "demo_accuracy.png")
+    plt.close(fig)
+    return path
 
 
 def teacher_rows_and_best(base: ExperimentConfig, pool: TeacherPool) -> tuple[list[DemoRow], str]:

@@ -36,6 +36,7 @@ from mkdlab.engine.loggers import make_loggers, progress
 from mkdlab.engine.seeding import seed_everything
 from mkdlab.engine.trainer import FitResult, Trainer
 from mkdlab.methods.base import Distiller
+from mkdlab.methods.frozen import TEACHER_COMPILERS, compiler_for_run
 from mkdlab.methods.registry import get_method
 from mkdlab.models import available_models, create
 from mkdlab.profiles import Profile, current_profile
@@ -64,6 +65,7 @@ def validate(config: ExperimentConfig) -> None:
     if config.teachers is not None:
         for arch in config.teachers.architectures():
             _check_choice("teachers.arch", arch, available_models())
+        _check_choice("teachers.compile", config.teachers.compile, list(TEACHER_COMPILERS))
     method_params(config)
     teachers_for(config.method.name, config.teachers)
 
@@ -128,10 +130,11 @@ def with_method(base: ExperimentConfig, method: str, *, params: Mapping[str, Any
 def lesson_config(profile: Profile | str | None = None, device: str = "auto",
                   overrides: Sequence[str] = ()) -> ExperimentConfig:
     """The base of the notebooks and the demo: the ``demo`` preset with the overlay of ``profile`` (default: the
-    current one, :func:`mkdlab.profiles.current_profile`), ``train.device=device``, then ``overrides``."""
+    current one, :func:`mkdlab.profiles.current_profile`), ``train.device=device``, runs under
+    ``runs/<profile>`` (so that a smoke run never replaces a quick one), then ``overrides``."""
     profile = Profile(profile) if profile is not None else current_profile()
     return load_experiment(apply_profile(read_preset(LESSON_PRESET), profile),
-                           [f"train.device={device}", *overrides])
+                           [f"train.device={device}", f"output.dir=runs/{profile.value}", *overrides])
 
 
 def teacher_entry_names(config: ExperimentConfig) -> list[str]:
@@ -222,6 +225,10 @@ def _fit(config: ExperimentConfig, teachers: Sequence[nn.Module], *, verbose: bo
                           "shards each epoch's global order over the ranks")
     device = dist.device(resolve_device(config.train.device))
     train_loader, test_loader = _loaders(config, method, device, dist)
+    if config.teachers is not None:
+        steps = config.train.epochs * len(train_loader)  # type: ignore[arg-type]
+        steps = min(steps, config.train.max_steps) if config.train.max_steps is not None else steps
+        method.ensemble.use_compiled(compiler_for_run(config.teachers.compile, steps))  # type: ignore[arg-type]
     run_dir = config.run_dir()
     loggers = []
     if dist.is_main:

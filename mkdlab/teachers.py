@@ -5,6 +5,12 @@ The pool trains them once and keeps them under ``$MKDLAB_HOME/teachers`` (defaul
 one state-dict file per teacher and a ``manifest.json`` entry recording architecture, dataset, seed, epochs, test
 accuracy and the file's sha256, which is verified at every load. Notebooks and the demo call
 :meth:`TeacherPool.get_or_train`: load if present, else train.
+
+The package ships a few teachers in ``mkdlab/assets/teachers/`` (:data:`SHIPPED_TEACHERS`: the demo's resnet20s,
+rebuilt by ``scripts/train_shipped_teachers.py``, whose sidecar JSONs record how). They enter the pool through the
+folder's own ``manifest.json``, sha256 and all, like any other entry: a changed file is refused. An entry of the
+same name in ``$MKDLAB_HOME`` (a teacher the user trained) takes precedence; ``TeacherPool(shipped=None)`` leaves the
+shipped ones out.
 """
 
 from __future__ import annotations
@@ -30,6 +36,10 @@ except ImportError:  # Windows: manifest updates are not locked
     fcntl = None  # type: ignore[assignment]
 from mkdlab.models import create
 from mkdlab.models.external import load_external_checkpoint
+
+#: the folder of the teachers shipped inside the package, with their ``manifest.json`` and one sidecar JSON each.
+SHIPPED_TEACHERS = Path(__file__).resolve().parent / "assets" / "teachers"
+MANIFEST = "manifest.json"
 
 
 class TeacherPoolError(RuntimeError):
@@ -73,23 +83,47 @@ def sha256_of(path: Path) -> str:
     return digest.hexdigest()
 
 
-class TeacherPool:
-    """Teachers stored under ``home/teachers`` with a verified manifest."""
+def read_manifest(path: Path) -> dict[str, TeacherEntry]:
+    """The entries of the manifest ``path`` by name (none when the file does not exist)."""
+    if not path.exists():
+        return {}
+    try:
+        rows = json.loads(path.read_text())
+    except json.JSONDecodeError as err:
+        raise TeacherPoolError(f"{path} is not valid JSON ({err}); restore or delete it") from None
+    return {row["name"]: TeacherEntry(**row) for row in rows}
 
-    def __init__(self, home: str | Path | None = None) -> None:
+
+def write_shipped_manifest(folder: Path = SHIPPED_TEACHERS) -> Path:
+    """Rebuild ``folder/manifest.json`` from the ``entry`` of every sidecar ``<name>.json`` in ``folder``."""
+    sidecars = sorted(p for p in folder.glob("*.json") if p.name != MANIFEST)
+    rows = sorted((json.loads(p.read_text())["entry"] for p in sidecars), key=lambda row: row["name"])
+    return save_atomic_text(json.dumps(rows, indent=2) + "\n", folder / MANIFEST)
+
+
+class TeacherPool:
+    """Teachers stored under ``home/teachers`` with a verified manifest, plus those shipped in ``shipped``."""
+
+    def __init__(self, home: str | Path | None = None, shipped: Path | None = SHIPPED_TEACHERS) -> None:
         self.root = Path(home if home is not None else default_home()) / "teachers"
-        self.manifest_path = self.root / "manifest.json"
+        self.manifest_path = self.root / MANIFEST
+        self.shipped = shipped
 
     # -- manifest --------------------------------------------------------------------------------------------
     def entries(self) -> dict[str, TeacherEntry]:
-        """Every manifest entry by name."""
-        if not self.manifest_path.exists():
-            return {}
-        try:
-            rows = json.loads(self.manifest_path.read_text())
-        except json.JSONDecodeError as err:
-            raise TeacherPoolError(f"{self.manifest_path} is not valid JSON ({err}); restore or delete it") from None
-        return {row["name"]: TeacherEntry(**row) for row in rows}
+        """Every entry by name: the shipped ones, overridden by the home manifest's."""
+        shipped = read_manifest(self.shipped / MANIFEST) if self.shipped is not None else {}
+        return {**shipped, **self._home_entries()}
+
+    def _home_entries(self) -> dict[str, TeacherEntry]:
+        return read_manifest(self.manifest_path)
+
+    def path_of(self, name: str) -> Path:
+        """The file of the entry ``name``: in the home pool, else in the shipped folder."""
+        home = self._home_entries()
+        if name in home or self.shipped is None:
+            return self.root / home[name].file
+        return self.shipped / self.entries()[name].file
 
     def list(self) -> list[TeacherEntry]:
         """Entries sorted by name."""
@@ -109,7 +143,7 @@ class TeacherPool:
         entry = TeacherEntry(name, arch, dataset, num_classes, in_channels, seed, epochs, top1, sha256_of(path),
                              path.name, source, time.strftime("%Y-%m-%dT%H:%M:%S"))
         with self._manifest_lock():
-            entries = self.entries()
+            entries = self._home_entries()
             entries[name] = entry
             self._write_manifest(entries)
         return entry
@@ -147,7 +181,7 @@ class TeacherPool:
                 f"`python -m mkdlab teachers train` or import one with `python -m mkdlab teachers import`"
             )
         entry = entries[name]
-        path = self.root / entry.file
+        path = self.path_of(name)
         if not path.exists():
             raise TeacherPoolError(f"teacher file {path} listed in the manifest is missing; retrain or re-import")
         digest = sha256_of(path)

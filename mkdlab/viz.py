@@ -10,29 +10,60 @@ import matplotlib.pyplot as plt
 import torch
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
 
 
 def plot_accuracy_curves(histories: Mapping[str, Sequence[Mapping[str, Any]]], *, metric: str = "test_top1",
                          ax: Axes | None = None, title: str = "Test accuracy") -> Axes:
-    """One line per run of ``metric`` against the epoch, marking the last epoch (●) and the best epoch (★).
+    """One line per run of ``metric`` against the epoch (integer ticks), marking the last epoch with an open
+    circle and the best epoch with a star (both visible where they coincide).
 
     ``histories`` maps a run's label to its history rows (``FitResult.history`` or ``history.jsonl``).
     """
     if ax is None:
         _, ax = plt.subplots(figsize=(7, 4))
+    seen: set[int] = set()
     for label, rows in histories.items():
         points = [(row["epoch"], row[metric]) for row in rows if metric in row]
         if not points:
             continue
         epochs, values = zip(*points, strict=True)
+        seen.update(epochs)
         (line,) = ax.plot(epochs, values, label=f"{label} (last {values[-1]:.2f}, best {max(values):.2f})")
         best = max(range(len(values)), key=values.__getitem__)
-        ax.plot(epochs[-1], values[-1], "o", color=line.get_color())
-        ax.plot(epochs[best], values[best], "*", markersize=12, color=line.get_color())
+        ax.plot(epochs[-1], values[-1], "o", markersize=13, markerfacecolor="none", markeredgewidth=1.5,
+                color=line.get_color())
+        ax.plot(epochs[best], values[best], "*", markersize=11, color=line.get_color())
+    if 0 < len(seen) <= 20:
+        ax.set_xticks(sorted(seen))  # every epoch, also when there is only one
+    else:
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_xlabel("epoch")
     ax.set_ylabel(f"{metric} (%)")
-    ax.set_title(f"{title}  (● last epoch, ★ best epoch)")
+    ax.set_title(f"{title}  (○ last epoch, ★ best epoch)")
     ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    return ax
+
+
+def plot_mean_teacher_weights(weights: Mapping[str, torch.Tensor], *, teacher_names: Sequence[str] | None = None,
+                              ax: Axes | None = None, title: str = "Teacher weights, last epoch") -> Axes:
+    """Grouped bars: each method's mean per-sample weight of each teacher (N×K weights, rows scaled to sum 1 so
+    that weightings of different totals compare), with the samples' standard deviation as error bars."""
+    if ax is None:
+        _, ax = plt.subplots(figsize=(6, 4))
+    width = 0.8 / max(len(weights), 1)
+    for i, (method, values) in enumerate(weights.items()):
+        shares = values.detach().float().cpu()
+        shares = shares / shares.sum(1, keepdim=True).clamp_min(1e-12)
+        positions = torch.arange(shares.shape[1]) + (i - (len(weights) - 1) / 2) * width
+        ax.bar(positions, shares.mean(0), width, yerr=shares.std(0) if len(shares) > 1 else None, capsize=2,
+               label=method)
+    count = next(iter(weights.values())).shape[1] if weights else 0
+    ax.set_xticks(range(count), _teacher_names(count, teacher_names))
+    ax.axhline(1 / count if count else 0, color="gray", lw=0.8, ls="--")
+    ax.set_ylabel("mean share of the weight")
+    ax.set_title(title + (" (- - equal weights)" if count else ": no multi-teacher method"), fontsize=10)
     ax.legend(fontsize=8)
     return ax
 

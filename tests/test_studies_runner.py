@@ -74,7 +74,7 @@ def test_parallel_runner_trains_each_teacher_once_and_matches_the_sequential_run
     monkeypatch.setattr("os.cpu_count", lambda: 2)  # one thread per worker, as below for the sequential runs
     parallel = run_study(row, [0, 1], out=tmp_path / "parallel", pool=TeacherPool(tmp_path / "pool"),
                          verbose=False, jobs=2)
-    pool = TeacherPool(tmp_path / "pool")
+    pool = TeacherPool(tmp_path / "pool", shipped=None)
     assert sorted(pool.entries()) == ["resnet8-fashion_mnist_mini-s0-e1-m3", "resnet8-fashion_mnist_mini-s1-e1-m3"]
     files = {name: entry.sha256 for name, entry in pool.entries().items()}
 

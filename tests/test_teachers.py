@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -13,7 +14,7 @@ from mkdlab.teachers import TeacherPool, TeacherPoolError, entry_name
 
 @pytest.fixture
 def pool(tmp_path):
-    return TeacherPool(tmp_path / "home")
+    return TeacherPool(tmp_path / "home", shipped=None)  # the home pool alone: the shipped teachers are tested apart
 
 
 def add_resnet8(pool: TeacherPool, name: str = "t0", seed: int = 0):
@@ -113,4 +114,66 @@ def test_concurrent_writers_keep_every_entry(tmp_path):
         worker.start()
     for worker in workers:
         worker.join(120)
-    assert sorted(TeacherPool(home).entries()) == sorted(f"w{w}-{i}" for w in range(2) for i in range(4))
+    assert sorted(TeacherPool(home, shipped=None).entries()) == sorted(f"w{w}-{i}" for w in range(2) for i in range(4))
+
+
+# -- the teachers shipped in the package ------------------------------------------------------------------------------
+def test_the_shipped_teachers_enter_the_pool_verified_and_small():
+    from mkdlab.teachers import SHIPPED_TEACHERS
+
+    pool = TeacherPool(SHIPPED_TEACHERS.parent / "no-home-here")
+    shipped = {name: e for name, e in pool.entries().items() if e.source == "shipped"}
+    assert sorted(shipped) == [entry_name("resnet20", "fashion_mnist_mini", seed, 8) for seed in (0, 1, 2)]
+    for name, entry in shipped.items():
+        sidecar = json.loads((SHIPPED_TEACHERS / f"{name}.json").read_text())
+        assert sidecar["entry"]["sha256"] == entry.sha256
+        assert "train_shipped_teachers.py" in sidecar["recipe"]["command"]
+        assert entry.top1 > 85 and (SHIPPED_TEACHERS / entry.file).stat().st_size < 2_000_000
+        teacher = pool.load(name)
+        assert all(p.dtype == torch.float32 for p in teacher.parameters())
+
+
+def copy_of_the_shipped_teachers(tmp_path):
+    import shutil
+
+    from mkdlab.teachers import SHIPPED_TEACHERS
+
+    return Path(shutil.copytree(SHIPPED_TEACHERS, tmp_path / "shipped"))
+
+
+def test_a_changed_shipped_teacher_is_refused(tmp_path):
+    shipped = copy_of_the_shipped_teachers(tmp_path)
+    pool = TeacherPool(tmp_path / "home", shipped=shipped)
+    name = entry_name("resnet20", "fashion_mnist_mini", 0, 8)
+    path = shipped / pool.entries()[name].file
+    data = bytearray(path.read_bytes())
+    data[-100] ^= 0x01
+    path.write_bytes(bytes(data))
+    with pytest.raises(TeacherPoolError, match="sha256.*changed or is corrupt"):
+        pool.load(name)
+
+
+def test_a_home_entry_overrides_a_shipped_one_and_stays_out_of_the_shipped_manifest(tmp_path):
+    shipped = copy_of_the_shipped_teachers(tmp_path)
+    pool = TeacherPool(tmp_path / "home", shipped=shipped)
+    name = entry_name("resnet20", "fashion_mnist_mini", 1, 8)
+    before = (shipped / "manifest.json").read_text()
+    model = create("resnet20", num_classes=10, in_channels=1)
+    pool.add(name, model, arch="resnet20", dataset="fashion_mnist_mini", num_classes=10, in_channels=1, seed=1,
+             epochs=8, top1=12.5)
+    assert pool.entries()[name].top1 == 12.5 and pool.path_of(name) == pool.root / f"{name}.pt"
+    home_rows = json.loads(pool.manifest_path.read_text())
+    assert [row["name"] for row in home_rows] == [name]  # the shipped entries are not copied into the home pool
+    assert (shipped / "manifest.json").read_text() == before
+    assert name in TeacherPool(tmp_path / "home", shipped=None) and len(TeacherPool(tmp_path / "home",
+                                                                                   shipped=None).entries()) == 1
+
+
+def test_the_shipped_manifest_is_rebuilt_from_the_sidecars(tmp_path):
+    from mkdlab.teachers import write_shipped_manifest
+
+    shipped = copy_of_the_shipped_teachers(tmp_path)
+    expected = json.loads((shipped / "manifest.json").read_text())
+    (shipped / "manifest.json").unlink()
+    write_shipped_manifest(shipped)
+    assert json.loads((shipped / "manifest.json").read_text()) == expected

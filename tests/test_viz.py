@@ -28,6 +28,9 @@ def test_accuracy_curves_mark_last_and_best():
     assert (last.get_xdata()[0], last.get_ydata()[0]) == (3, 60.0)
     assert (best.get_xdata()[0], best.get_ydata()[0]) == (2, 70.0)
     assert "last 60.00, best 70.00" in ax.get_legend().get_texts()[0].get_text()
+    assert list(ax.get_xticks()) == [1, 2, 3]  # integer epochs only
+    one_epoch = viz.plot_accuracy_curves({"b": [{"epoch": 1, "test_top1": 5.0}]})
+    assert list(one_epoch.get_xticks()) == [1]
 
 
 def test_class_heatmap_holds_the_per_class_means():

@@ -1,9 +1,11 @@
-"""Running K frozen teachers on one batch: one after another, or as one batched call.
+"""Running K frozen teachers on one batch: one after another, as one batched call, or compiled for the CPU.
 
 Teachers of the same architecture can be evaluated together: their parameters and buffers are stacked along a new
 leading dimension (:func:`torch.func.stack_module_state`) and the architecture's forward is mapped over it with
-:func:`torch.func.vmap`, which turns K convolutions into one grouped convolution. Teachers run under
-:func:`torch.inference_mode`; outputs are cloned out of it so that losses may save them for backward.
+:func:`torch.func.vmap`, which turns K convolutions into one grouped convolution. On the CPU, after
+:meth:`TeacherEnsemble.use_compiled`, each teacher runs as a frozen graph instead (BatchNorm folded, ReLUs fused,
+weights pre-packed for oneDNN: :mod:`mkdlab.methods.frozen`). Teachers run under :func:`torch.inference_mode`;
+outputs are cloned out of it so that losses may save them for backward.
 """
 
 from __future__ import annotations
@@ -15,6 +17,8 @@ from typing import Literal
 import torch
 from torch import Tensor, nn
 from torch.func import functional_call, stack_module_state, vmap
+
+from mkdlab.methods.frozen import Compiler, FrozenTeacher, TeacherOutputs
 
 Batching = Literal["auto", "loop", "vmap"]
 
@@ -36,14 +40,27 @@ class TeacherEnsemble:
 
     ``batching="auto"`` uses the batched (vmap) call for same-architecture teachers on CUDA, where it measures
     faster, and a plain loop otherwise (``python -m mkdlab bench`` prints both). Where vmap refuses a call (a missing
-    functorch batching rule), the ensemble falls back to the loop for good. The stacked weights are a copy
-    taken at first use; call :meth:`refresh` after changing a teacher's weights.
+    functorch batching rule), the ensemble falls back to the loop for good. The stacked weights (and the compiled
+    graphs) are a copy taken at first use; call :meth:`refresh` after changing a teacher's weights.
     """
 
     def __init__(self, teachers: Sequence[nn.Module], batching: Batching = "auto") -> None:
         self.teachers = list(teachers)
         self.batching = batching
         self._stacked: tuple[dict[str, Tensor], dict[str, Tensor], nn.Module] | None = None
+        self.frozen: list[FrozenTeacher] | None = None
+        self.compiled_features = False
+
+    def use_compiled(self, compiler: Compiler | Literal["off"] = "auto", features: bool = True) -> None:
+        """Run the teachers on the CPU as frozen compiled graphs (``"off"``: eager, as before); with
+        ``features`` their maps too, else maps come from the eager modules."""
+        self.frozen = None if compiler == "off" else [FrozenTeacher(t, compiler) for t in self.teachers]
+        self.compiled_features = features
+
+    @property
+    def compile_seconds(self) -> float:
+        """Seconds spent compiling the teachers' graphs so far."""
+        return sum(f.compile_seconds for f in self.frozen or ())
 
     def uses_vmap(self, device: torch.device) -> bool:
         """Whether a batch on ``device`` goes through the batched call."""
@@ -52,20 +69,25 @@ class TeacherEnsemble:
         return self.batching == "vmap" or device.type == "cuda"
 
     def refresh(self) -> None:
-        """Forget the stacked copy of the weights (it is rebuilt at the next batched call)."""
+        """Forget the stacked copy of the weights and the compiled graphs (rebuilt at the next call)."""
         self._stacked = None
+        for frozen in self.frozen or ():
+            frozen.clear()
 
     def _stack(self, device: torch.device) -> tuple[dict[str, Tensor], dict[str, Tensor], nn.Module]:
         if self._stacked is None or next(iter(self._stacked[0].values())).device != device:
-            params, buffers = stack_module_state([_Outputs(t) for t in self.teachers])
+            params, buffers = stack_module_state([TeacherOutputs(t) for t in self.teachers])
             self._stacked = (params, buffers, copy.deepcopy(self.teachers[0]).to("meta"))
         return self._stacked
 
     @torch.inference_mode()
     def _run(self, images: Tensor, features: bool) -> Tensor | dict[str, Tensor] | list[dict[str, Tensor]]:
+        if self.frozen is not None and images.device.type == "cpu" and (self.compiled_features or not features):
+            outputs = [frozen(images, features) for frozen in self.frozen]
+            return outputs if features else torch.stack(outputs)  # type: ignore[arg-type, return-value]
         if self.uses_vmap(images.device):
             params, buffers, base = self._stack(images.device)
-            view = _Outputs(base, features)
+            view = TeacherOutputs(base, features)
 
             def one(p: dict[str, Tensor], b: dict[str, Tensor], x: Tensor) -> Tensor | dict[str, Tensor]:
                 return functional_call(view, (p, b), (x,))
@@ -95,15 +117,3 @@ class TeacherEnsemble:
         if isinstance(out, dict):  # the batched call stacks each map along a leading K dimension
             return [{name: maps[k].clone() for name, maps in out.items()} for k in range(len(self.teachers))]
         return [{name: value.clone() for name, value in maps.items()} for maps in out]
-
-
-class _Outputs(nn.Module):
-    """A model whose ``forward`` returns its logits, or all its named maps (for the vmapped call)."""
-
-    def __init__(self, model: nn.Module, features: bool = False) -> None:
-        super().__init__()
-        self.model = model
-        self.features = features
-
-    def forward(self, x: Tensor) -> Tensor | dict[str, Tensor]:
-        return self.model.forward_features(x) if self.features else self.model(x)
