@@ -17,6 +17,7 @@ import argparse
 import dataclasses
 import tempfile
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -50,12 +51,15 @@ class _Clock(TrainingHooks):
             self.end = self._now()
 
 
-def bench_column(row: StudyRow, label: str, steps: int, warmup: int, device: str) -> dict[str, float]:
-    """Milliseconds per step and images/second of column ``label``, and the peak device memory on CUDA."""
+def bench_column(row: StudyRow, label: str, steps: int, warmup: int, device: str,
+                 callbacks: Sequence[TrainingHooks] = (), **train_changes: Any) -> dict[str, Any]:
+    """Milliseconds per step and images/second of column ``label``, the peak device memory on CUDA and the speed
+    levers the run resolved (``train_changes``: ``train.*`` fields such as ``cuda_graphs="off"``; ``callbacks``
+    join the clock)."""
     with tempfile.TemporaryDirectory() as tmp:
         config = run_config(row, row.column(label), 0, Path(tmp))
     config = dataclasses.replace(config, train=dataclasses.replace(
-        config.train, device=device, max_steps=warmup + steps, epochs=10_000, log_every_steps=0))
+        config.train, device=device, max_steps=warmup + steps, epochs=10_000, log_every_steps=0, **train_changes))
     torch_device = resolve_device(device)
     info = dataset_info(config.data.dataset)
     teachers = []
@@ -70,11 +74,13 @@ def bench_column(row: StudyRow, label: str, steps: int, warmup: int, device: str
     clock = _Clock(warmup, warmup + steps, torch_device)
     if torch_device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(torch_device)
-    Trainer(method, train_loader, None, config.train, callbacks=[clock]).fit()
+    trainer = Trainer(method, train_loader, None, config.train, callbacks=[clock, *callbacks])
+    started = time.perf_counter()
+    trainer.fit()
     seconds = clock.end - clock.start
     peak = torch.cuda.max_memory_allocated(torch_device) / 2**20 if torch_device.type == "cuda" else float("nan")
     return {"ms_per_step": 1000 * seconds / steps, "images_per_s": config.data.batch_size * steps / seconds,
-            "peak_mib": peak}
+            "peak_mib": peak, "levers": trainer.speed.describe(), "warmup_s": clock.start - started}
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -100,7 +100,27 @@ class TrainConfig:
     checkpoint_every_steps: int = 0
     #: under ``torchrun``: normalise batch-norm layers over the global batch (SyncBatchNorm), not each rank's block.
     sync_batchnorm: bool = False
+    #: report the loss terms every N steps (0 = never); with ``sync_free`` also where a NaN loss is noticed.
     log_every_steps: int = 50
+    # -- speed levers (issue #19; ``auto`` = the choice expected to be faster, see mkdlab.engine.speed: on CUDA it
+    # -- is unverified until ``python benchmarks/bench_gpu.py`` has run on a GPU) ----------------------------------
+    #: torch.compile the step's model code (forward, loss, backward); ``auto`` = on CUDA, off on CPU.
+    compile: Literal["auto", "on", "off"] = "auto"
+    #: the torch.compile backend (``aot_eager``: the same graphs without code generation, bit-exact on CPU).
+    compile_backend: str = "inductor"
+    #: replay the whole step (teachers, student forward and backward, SGD) as one CUDA graph; ``auto`` = on CUDA
+    #: unless fp16 loss scaling is on. CUDA only.
+    cuda_graphs: Literal["auto", "on", "off"] = "auto"
+    #: SGD as one fused kernel (``on``) or PyTorch's default (``off``: foreach on CUDA, a loop on CPU); ``auto`` =
+    #: fused on CUDA (on CPU it is not faster for these models and rounds differently).
+    fused_optimizer: Literal["auto", "on", "off"] = "auto"
+    #: no host synchronisation inside the step: NaN losses are noticed from a device flag every
+    #: ``log_every_steps`` steps and at epoch ends, and the run rolls back to the state of that last check;
+    #: ``auto`` = on CUDA (where a sync stalls the GPU), off on CPU (each step checked: no cost there).
+    sync_free: Literal["auto", "on", "off"] = "auto"
+    #: same-architecture teachers run one after another (``loop``) or as one vmapped call (``vmap``); ``auto`` =
+    #: vmap on CUDA, loop on CPU.
+    teacher_batching: Literal["auto", "loop", "vmap"] = "auto"
 
 
 @dataclass

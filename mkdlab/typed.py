@@ -75,6 +75,8 @@ def convert(tp: Any, value: Any, where: str) -> Any:
                 errors.append(str(err))
         raise ConfigError(errors[0] if len(errors) == 1 else f"{where}: {value!r} matches none of {tp}")
     if origin is Literal:
+        if isinstance(value, bool) and {"on", "off"} <= set(args):
+            value = "on" if value else "off"  # YAML 1.1 reads on/off (and yes/no) as booleans
         if value not in args:
             raise ConfigError(f"{where}: {value!r} is not valid; choose one of: {', '.join(map(str, args))}")
         return value

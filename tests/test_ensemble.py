@@ -70,3 +70,20 @@ def test_a_call_vmap_refuses_falls_back_to_the_loop(monkeypatch):
     monkeypatch.setattr(ensemble_module, "vmap", failing_vmap)
     with pytest.raises(RuntimeError, match="out of memory"):  # other errors are not swallowed
         TeacherEnsemble(models, "vmap").logits(x)
+
+
+def test_the_batched_call_of_channels_last_teachers_needs_no_vmap_fallback():
+    """vmap has no batching rule for the as_strided_ that adaptive pooling of a channels_last map needs: inside the
+    batched call the global pool runs as a mean, which vmap batches. The outputs equal the loop's at the tolerance
+    of test_vmap_equals_loop_for_logits_and_features (the grouped convolutions before it sum in another order)."""
+    import warnings
+
+    models = [m.to(memory_format=torch.channels_last) for m in teachers()]
+    x = torch.randn(4, 1, 32, 32).contiguous(memory_format=torch.channels_last)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        batched = TeacherEnsemble(models, "vmap").features(x)
+    assert not [w for w in caught if "performance drop" in str(w.message)]
+    for a, b in zip(TeacherEnsemble(models, "loop").features(x), batched, strict=True):
+        torch.testing.assert_close(b["pooled"], a["pooled"], rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(b["logits"], a["logits"], rtol=1e-5, atol=1e-5)

@@ -13,11 +13,9 @@ of the global batch).
 from __future__ import annotations
 
 import math
-import signal
-import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from contextlib import contextmanager, nullcontext
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from itertools import islice
 from pathlib import Path
@@ -32,8 +30,13 @@ from mkdlab.engine.device import resolve_device
 from mkdlab.engine.distributed import DistributedContext
 from mkdlab.engine.epoch_totals import EpochTotals, ExtrasRecorder
 from mkdlab.engine.evaluation import evaluate_model
+from mkdlab.engine.finite_watch import FiniteWatch, NonFiniteStep
+from mkdlab.engine.optimizer import build_sgd, keep_implementation
 from mkdlab.engine.schedule import lr_factor, scale_milestones
 from mkdlab.engine.seeding import rng_state, seed_everything, set_rng_state
+from mkdlab.engine.signals import stop_on_signals
+from mkdlab.engine.speed import resolve_speed
+from mkdlab.engine.step_runner import StepRunner
 from mkdlab.methods.base import Batch, Distiller, StepOutput, TrainingHooks, TrainState
 from mkdlab.storage import CheckpointError, save_atomic
 
@@ -42,7 +45,15 @@ BEST_STUDENT = "best_student.pt"
 
 
 class NonFiniteLossError(FloatingPointError):
-    """A loss term became NaN or infinite; the last finite state was saved before raising."""
+    """A loss term became NaN or infinite; the last finite state was saved before raising.
+
+    The *last finite state*: without ``train.sync_free`` every step is checked before its backward pass, and the
+    state saved is the one after the step before the bad one. With it, a device record is read every
+    ``train.log_every_steps`` steps, at every epoch end and before every checkpoint, so every checkpoint is written
+    only after a check found all losses so far finite; the last finite state is the last checkpoint written (a run
+    writes one at its start, so there always is one), left as it is. The message names the bad step and the step
+    of the state saved.
+    """
 
 
 class TrainingInterrupted(KeyboardInterrupt):
@@ -70,7 +81,8 @@ class Trainer:
     among them) receive every :class:`~mkdlab.methods.base.TrainingHooks` call after the method. Loaders that
     define ``set_epoch(epoch)`` are told the epoch before iterating, which makes their order and augmentation a
     function of (seed, epoch) and lets a resumed run replay the exact same batches. :attr:`state` is the run's
-    :class:`~mkdlab.methods.base.TrainState`.
+    :class:`~mkdlab.methods.base.TrainState`; :attr:`speed` the run's resolved speed levers
+    (:mod:`mkdlab.engine.speed`), whose device work :class:`~mkdlab.engine.step_runner.StepRunner` does.
 
     ``distributed`` (default: one process) is the process group of a data-parallel run: every rank trains on its
     block of each global batch, only rank 0 evaluates and writes files, and a checkpoint holds what one process
@@ -104,6 +116,9 @@ class Trainer:
         if self.channels_last:
             self.method.to(memory_format=torch.channels_last)
         self.amp_dtype = self._amp_dtype(config.amp)
+        self.speed = resolve_speed(config, self.device, self.amp_dtype)
+        if self.speed.teacher_batching != "auto" and len(method.teachers):
+            method.ensemble.batching = self.speed.teacher_batching
         self.train_loader = train_loader
         self.test_loader = test_loader
         self.run_dir = Path(run_dir) if run_dir is not None else None
@@ -111,13 +126,15 @@ class Trainer:
         self.experiment = experiment or {}
         self.record_extras = record_extras
         self.progress = progress
-        self.optimizer = torch.optim.SGD(
-            method.parameter_groups(), lr=config.lr, momentum=config.momentum, nesterov=config.nesterov,
-            weight_decay=config.weight_decay,
-        )
+        self.optimizer = build_sgd(method.parameter_groups(), config, self.speed.fused_optimizer)
         self.extra_optimizers = method.extra_optimizers()
         self.train_step = self.dist.wrap(self.method, [p for g in self.optimizer.param_groups for p in g["params"]])
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp_dtype == torch.float16)
+        self.watch = FiniteWatch(self.device) if self.speed.sync_free else None
+        self._saved_step = -1  # global step of the last run_dir/last.pt written
+        self.runner = StepRunner(self.method, self.optimizer, self.scaler, self.autocast, self.speed, self.watch,
+                                 self._fail_non_finite, forward_train=self.train_step,
+                                 loss_weight=self._loss_weight if self.dist.distributed else None)
         steps_per_epoch = len(train_loader)  # type: ignore[arg-type]
         if steps_per_epoch == 0:
             raise ValueError("the training loader yields no batch (dataset smaller than one batch with drop_last?)")
@@ -125,7 +142,7 @@ class Trainer:
         if config.max_steps is not None:
             total_steps = min(total_steps, config.max_steps)
         self.state = TrainState(total_epochs=config.epochs, steps_per_epoch=steps_per_epoch,
-                                total_steps=total_steps, optimizer=self.optimizer,
+                                total_steps=total_steps, optimizer=self.optimizer, cuda_graphs=self.speed.cuda_graphs,
                                 collectives=self.dist.collectives)
         self.epochs = math.ceil(total_steps / steps_per_epoch)
         self.milestones = scale_milestones(config.milestones, config.milestones_of, config.epochs)
@@ -144,10 +161,11 @@ class Trainer:
         return {"bf16": torch.bfloat16, "fp16": torch.float16, "off": None}[amp]
 
     def autocast(self) -> Any:
-        """The autocast context of this run (a no-op in fp32)."""
+        """The autocast context of this run (a no-op in fp32; without its weight-cast cache under CUDA graphs, as
+        PyTorch's graph recipe requires)."""
         if self.amp_dtype is None:
             return nullcontext()
-        return torch.autocast(self.device.type, dtype=self.amp_dtype)
+        return torch.autocast(self.device.type, dtype=self.amp_dtype, cache_enabled=not self.speed.cuda_graphs)
 
     def lr_at(self, epoch: int) -> float:
         """Learning rate of the main optimiser during 0-based ``epoch``."""
@@ -175,8 +193,12 @@ class Trainer:
             seed_everything(self.config.seed, self.config.deterministic)
         start = time.perf_counter()
         state = self.state
+        if self.watch is not None:
+            self.watch.start(state.global_step)
+            if self.run_dir is not None:
+                self.save_checkpoint()
         self._call("on_train_start")
-        with self._signal_handlers():
+        with stop_on_signals(self.request_stop):
             while state.global_step < state.total_steps:
                 self._train_epoch()
                 if state.step_in_epoch == state.steps_per_epoch or state.global_step >= state.total_steps:
@@ -219,11 +241,10 @@ class Trainer:
             state.step_in_epoch += 1
             state.global_step += 1
             if self.config.log_every_steps and state.global_step % self.config.log_every_steps == 0:
-                metrics = {name: float(value.detach()) for name, value in output.losses.items()}
-                metrics["lr"] = self.optimizer.param_groups[0]["lr"]
-                self._call("on_step_metrics", metrics)
+                self._verify_finite()
+                self._call("on_step_metrics", self._metrics(output))
             if self.dist.any(state.stop_requested):
-                self.save_checkpoint()
+                self._save_verified()
                 raise TrainingInterrupted(
                     f"training stopped at epoch {state.epoch + 1}, step {state.step_in_epoch}; "
                     f"resume with the same command and --resume"
@@ -231,40 +252,66 @@ class Trainer:
                 )
             every = self.config.checkpoint_every_steps
             if every and state.global_step % every == 0 and state.step_in_epoch < state.steps_per_epoch:
-                self.save_checkpoint()
+                self._save_verified()
 
     def _step(self, batch: Batch) -> StepOutput:
         self.state.grad_scale = self.scaler.get_scale() if self.scaler.is_enabled() else None
         self._call("before_step", batch)
-        with self.autocast():
-            output = self.train_step(batch, self.state.epoch)
-        loss = output.total()
-        if self.dist.distributed:
-            loss = loss * self.dist.loss_weight(len(batch.labels),
-                                                self.train_loader.global_batch_size(self.state.step_in_epoch))
-        if not torch.isfinite(loss):
-            self._fail_non_finite(output)
-        self.optimizer.zero_grad(set_to_none=True)
-        self.scaler.scale(loss).backward()
-        self.scaler.step(self.optimizer)
-        self.scaler.update()
+        output = self.runner.run(batch, self.state.epoch)
         self._call("after_step", batch, output)
         return output
 
+    def _loss_weight(self, batch: Batch) -> float:
+        """This rank's share of the global batch's mean loss (the ranks' blocks may differ in the last batch)."""
+        return self.dist.loss_weight(len(batch.labels), self.train_loader.global_batch_size(self.state.step_in_epoch))
+
+    def _metrics(self, output: StepOutput) -> dict[str, float]:
+        """The step's loss terms as floats (read in one transfer) and the main lr."""
+        values = torch.stack([value.detach().double() for value in output.losses.values()]).tolist()
+        metrics = dict(zip(output.losses, values, strict=True))
+        metrics["lr"] = self.optimizer.param_groups[0]["lr"]
+        return metrics
+
+    def _where(self, global_step: int) -> str:
+        epoch, step = divmod(global_step, self.state.steps_per_epoch)
+        return f"epoch {epoch + 1}, step {step + 1}"
+
     def _fail_non_finite(self, output: StepOutput) -> None:
+        """The per-step check (no ``sync_free``): save the state before this step and raise."""
         bad = [name for name, value in output.losses.items() if not torch.isfinite(value)]
-        where = f"epoch {self.state.epoch + 1}, step {self.state.step_in_epoch + 1}"
         saved = ""
         if self.run_dir is not None and not self.dist.distributed:  # the other ranks may not have failed
             self.save_checkpoint()
             saved = f" The last finite state is saved in {self.run_dir / LAST}."
+        self._raise_non_finite(bad, self.state.global_step, saved)
+
+    def _raise_non_finite(self, terms: list[str], global_step: int, saved: str) -> None:
         raise NonFiniteLossError(
-            f"loss term(s) {', '.join(bad)} became non-finite at {where} (lr {self.optimizer.param_groups[0]['lr']:g})."
-            f"{saved} Lower train.lr, check the data normalisation, or try train.amp=off."
+            f"loss term(s) {', '.join(terms)} became non-finite at {self._where(global_step)} "
+            f"(lr {self.optimizer.param_groups[0]['lr']:g}).{saved} Lower train.lr, check the data normalisation, "
+            f"or try train.amp=off."
         )
+
+    def _verify_finite(self) -> None:
+        """With ``sync_free``: read the device record of non-finite losses (one host synchronisation) and, when a
+        step was bad, raise :class:`NonFiniteLossError`, leaving the last checkpoint (the last finite state)."""
+        bad: NonFiniteStep | None = None if self.watch is None else self.watch.check()
+        if bad is None:
+            return
+        saved = ""
+        if self.run_dir is not None and self._saved_step >= 0:
+            when = self._where(self._saved_step - 1) if self._saved_step else "the start of the run"
+            saved = f" The last finite state (after {when}: the last checkpoint) is in {self.run_dir / LAST}."
+        self._raise_non_finite(bad.terms, bad.global_step, saved)
+
+    def _save_verified(self) -> None:
+        """Check the losses (with ``sync_free``), then write ``last.pt``."""
+        self._verify_finite()
+        self.save_checkpoint()
 
     def _end_epoch(self) -> None:
         state = self.state
+        self._verify_finite()
         self._call("on_epoch_end")
         extras = self._gathered(self.extras.concatenated())
         if extras:
@@ -334,8 +381,13 @@ class Trainer:
             if self.run_dir is None:
                 raise ValueError("no run_dir: pass a path to save_checkpoint")
             path = self.run_dir / LAST
-        state = self.state_dict()
-        return save_atomic(state, path) if self.dist.is_main else Path(path)
+        state = self.state_dict()  # on every rank: it combines the ranks' epoch sums
+        if not self.dist.is_main:
+            return Path(path)
+        saved = save_atomic(state, path)
+        if self.run_dir is not None and Path(path) == self.run_dir / LAST:
+            self._saved_step = self.state.global_step
+        return saved
 
     def load_checkpoint(self, path: str | Path) -> None:
         """Restore a state written by :meth:`save_checkpoint`; a mismatch names the file and the keys."""
@@ -343,6 +395,7 @@ class Trainer:
         load_state_strict(self.method, checkpoint["method"], path, skip_prefixes=("teachers.",))
         try:
             self.optimizer.load_state_dict(checkpoint["optimizer"])
+            keep_implementation(self.optimizer, self.speed.fused_optimizer)
             for name, optimizer in self.extra_optimizers.items():
                 optimizer.load_state_dict(checkpoint["extra_optimizers"][name])
         except (ValueError, KeyError) as err:
@@ -357,21 +410,3 @@ class Trainer:
         self.history = list(checkpoint["history"])
         self.best_top1, self.best_epoch = checkpoint["best_top1"], checkpoint["best_epoch"]
         self._call("on_resume")
-
-    @contextmanager
-    def _signal_handlers(self) -> Iterator[None]:
-        if threading.current_thread() is not threading.main_thread():
-            yield
-            return
-        previous = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
-
-        def handler(signum: int, frame: Any) -> None:
-            self.request_stop()
-
-        for sig in previous:
-            signal.signal(sig, handler)
-        try:
-            yield
-        finally:
-            for sig, old in previous.items():
-                signal.signal(sig, old)

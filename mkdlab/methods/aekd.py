@@ -73,6 +73,7 @@ class AEKD(Distiller):
     Params = AEKDParams
     teachers_required = "many"
     needs_drop_last = True
+    compilable = False  # the weights come from torch.autograd.grad inside forward_train
 
     def __init__(self, student, teachers=(), params=None) -> None:
         super().__init__(student, teachers, params)

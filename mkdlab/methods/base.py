@@ -84,9 +84,11 @@ class TrainState:
     ``epoch`` is the 0-based epoch in progress, ``step_in_epoch`` the steps already done in it and ``global_step``
     the steps done in the run. ``total_epochs`` is the configured run length (``train.epochs``: what schedules
     scale to, also when a step budget ends the run early). ``optimizer`` is the main SGD; ``grad_scale`` the
-    scale of the loss being back-propagated when fp16 loss scaling is on (``None`` otherwise). ``collectives``
-    reaches the other ranks of a data-parallel run (the identity for one process): a method with per-sample state
-    or its own optimiser uses it in its hooks; steps, epochs and the batches count globally.
+    scale of the loss being back-propagated when fp16 loss scaling is on (``None`` otherwise). ``cuda_graphs``:
+    the trainer replays its steps as CUDA graphs (``train.cuda_graphs``), and a method may graph its own extra
+    device work too (MMKD's meta update). ``collectives`` reaches the other ranks of a data-parallel run (the
+    identity for one process): a method with per-sample state or its own optimiser uses it in its hooks; steps,
+    epochs and the batches count globally.
     """
 
     total_epochs: int
@@ -97,6 +99,7 @@ class TrainState:
     step_in_epoch: int = 0
     global_step: int = 0
     grad_scale: float | None = None
+    cuda_graphs: bool = False
     stop_requested: bool = False
     collectives: Collectives = field(default_factory=Collectives)
 
@@ -163,6 +166,8 @@ class Distiller(nn.Module, TrainingHooks):
     needs_drop_last: ClassVar[bool] = False
     #: batches must carry dataset indices (per-sample memories).
     needs_indices: ClassVar[bool] = False
+    #: ``torch.compile`` can trace ``forward_train`` (``train.compile``); False where it differentiates inside.
+    compilable: ClassVar[bool] = True
 
     def __init__(self, student: nn.Module, teachers: Sequence[nn.Module] = (), params: Any = None) -> None:
         super().__init__()

@@ -2,7 +2,8 @@
 
 Teachers of the same architecture can be evaluated together: their parameters and buffers are stacked along a new
 leading dimension (:func:`torch.func.stack_module_state`) and the architecture's forward is mapped over it with
-:func:`torch.func.vmap`, which turns K convolutions into one grouped convolution. On the CPU, after
+:func:`torch.func.vmap`, which turns K convolutions into one grouped convolution; inside it, the global average
+pool runs as a mean (:class:`GlobalPoolAsMean`), which vmap batches without its slow fallback. On the CPU, after
 :meth:`TeacherEnsemble.use_compiled`, each teacher runs as a frozen graph instead (BatchNorm folded, ReLUs fused,
 weights pre-packed for oneDNN: :mod:`mkdlab.methods.frozen`). Teachers run under :func:`torch.inference_mode`;
 outputs are cloned out of it so that losses may save them for backward.
@@ -11,12 +12,14 @@ outputs are cloned out of it so that losses may save them for backward.
 from __future__ import annotations
 
 import copy
-from collections.abc import Sequence
-from typing import Literal
+from collections.abc import Callable, Sequence
+from typing import Any, Literal
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.func import functional_call, stack_module_state, vmap
+from torch.overrides import TorchFunctionMode
 
 from mkdlab.methods.frozen import Compiler, FrozenTeacher, TeacherOutputs
 
@@ -47,6 +50,7 @@ class TeacherEnsemble:
     def __init__(self, teachers: Sequence[nn.Module], batching: Batching = "auto") -> None:
         self.teachers = list(teachers)
         self.batching = batching
+        self.same_architecture = same_architecture(self.teachers)  # once: state_dict() per step is costly
         self._stacked: tuple[dict[str, Tensor], dict[str, Tensor], nn.Module] | None = None
         self.frozen: list[FrozenTeacher] | None = None
         self.compiled_features = False
@@ -64,7 +68,7 @@ class TeacherEnsemble:
 
     def uses_vmap(self, device: torch.device) -> bool:
         """Whether a batch on ``device`` goes through the batched call."""
-        if self.batching == "loop" or not same_architecture(self.teachers):
+        if self.batching == "loop" or not self.same_architecture:
             return False
         return self.batching == "vmap" or device.type == "cuda"
 
@@ -80,8 +84,11 @@ class TeacherEnsemble:
             self._stacked = (params, buffers, copy.deepcopy(self.teachers[0]).to("meta"))
         return self._stacked
 
-    @torch.inference_mode()
     def _run(self, images: Tensor, features: bool) -> Tensor | dict[str, Tensor] | list[dict[str, Tensor]]:
+        with torch.inference_mode():
+            return self._run_teachers(images, features)
+
+    def _run_teachers(self, images: Tensor, features: bool) -> Tensor | dict[str, Tensor] | list[dict[str, Tensor]]:
         if self.frozen is not None and images.device.type == "cpu" and (self.compiled_features or not features):
             outputs = [frozen(images, features) for frozen in self.frozen]
             return outputs if features else torch.stack(outputs)  # type: ignore[arg-type, return-value]
@@ -93,7 +100,8 @@ class TeacherEnsemble:
                 return functional_call(view, (p, b), (x,))
 
             try:
-                return vmap(one, in_dims=(0, 0, None))(params, buffers, images)
+                with GlobalPoolAsMean():
+                    return vmap(one, in_dims=(0, 0, None))(params, buffers, images)
             except RuntimeError as err:
                 if "vmap" not in str(err):
                     raise
@@ -117,3 +125,18 @@ class TeacherEnsemble:
         if isinstance(out, dict):  # the batched call stacks each map along a leading K dimension
             return [{name: maps[k].clone() for name, maps in out.items()} for k in range(len(self.teachers))]
         return [{name: value.clone() for name, value in maps.items()} for maps in out]
+
+
+class GlobalPoolAsMean(TorchFunctionMode):
+    """Within this context ``F.adaptive_avg_pool2d(x, 1)`` runs as ``x.mean((-2, -1), keepdim=True)``: the same
+    average, which vmap batches natively, while its adaptive pooling of a channels_last map falls back to a slow
+    per-teacher path (functorch warns: no batching rule for ``aten::as_strided_``)."""
+
+    def __torch_function__(self, func: Callable[..., Any], types: Any, args: tuple = (),
+                           kwargs: dict[str, Any] | None = None) -> Any:
+        kwargs = kwargs or {}
+        if func is F.adaptive_avg_pool2d:
+            size = kwargs.get("output_size", args[1] if len(args) > 1 else None)
+            if size in (1, (1, 1), [1, 1]):
+                return args[0].mean((-2, -1), keepdim=True)
+        return func(*args, **kwargs)

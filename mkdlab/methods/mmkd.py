@@ -38,6 +38,7 @@ from mkdlab.methods.meta import (
     unrolled_hypergradient,
 )
 from mkdlab.methods.meta_weights import FeatureWeight, LogitsWeight
+from mkdlab.methods.mmkd_graph import graphed_meta_gradient
 from mkdlab.methods.mmkd_parts import TAP, StudentView, TeacherTargets
 from mkdlab.methods.registry import register_method
 
@@ -346,9 +347,11 @@ class MMKD(Distiller):
         return lookahead.trajectory.outer_loss.detach(), grads
 
     def meta_step(self, optimizer: torch.optim.Optimizer, images: Tensor, labels: Tensor,
-                  targets: TeacherTargets | None = None) -> Tensor:
-        """One meta update of the weight networks (Adam on the hypergradient); returns the outer loss."""
-        outer, grads = self.meta_gradient(optimizer, images, labels, targets)
+                  targets: TeacherTargets | None = None, graphed: bool = False) -> Tensor:
+        """One meta update of the weight networks (Adam on the hypergradient); returns the outer loss. ``graphed``:
+        the hypergradient is replayed from a CUDA graph (:mod:`mkdlab.methods.mmkd_graph`; needs ``targets``)."""
+        outer, grads = (graphed_meta_gradient(self, optimizer, images, labels, targets) if graphed and targets
+                        is not None else self.meta_gradient(optimizer, images, labels, targets))
         meta = self.extra_optimizers()["meta"]
         for param, grad in zip(self.weight_net_parameters(), grads, strict=True):
             param.grad = grad
@@ -385,7 +388,7 @@ class MMKD(Distiller):
         batch, predictions, targets = self.global_batch(state.collectives, batch, output.logits.detach().argmax(1),
                                                         targets)
         if self.params.meta_freq and state.step_in_epoch % self.params.meta_freq == 0:
-            self.meta_step(state.optimizer, *self.meta_batch(batch, targets))
+            self.meta_step(state.optimizer, *self.meta_batch(batch, targets), graphed=state.cuda_graphs)
         if self.hard_buffer is not None:
             self.hard_buffer.push(batch.images, batch.labels, predictions, self.buffer_fields(targets))
 
