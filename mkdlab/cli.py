@@ -201,11 +201,13 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     from mkdlab.demo import DEFAULT_METHODS, run_demo
     from mkdlab.experiment import method_class
 
-    methods = args.methods or DEFAULT_METHODS
+    listed = args.methods or []
+    overrides = [*args.overrides, *(word for word in listed if "=" in word)]  # `--methods a b key=v` ends the list
+    methods = [word for word in listed if "=" not in word] or DEFAULT_METHODS
     for method in methods:
         method_class(method)
     run_demo(profile=args.profile, out=Path(args.out), figures=Path(args.figures), device=args.device,
-             overrides=args.overrides, methods=methods, train_teachers=args.train_teachers)
+             overrides=overrides, methods=methods, train_teachers=args.train_teachers)
     return 0
 
 

@@ -12,6 +12,7 @@ import pytest
 import torch
 
 from mkdlab.models import create
+from mkdlab.teachers import TeacherPool
 
 TINY = ["train.epochs=1", "train.max_steps=3", "data.batch_size=16"]
 
@@ -67,15 +68,16 @@ def test_teachers_train_list_import(tmp_path, home):
     mkdlab("teachers", "train", "demo", "teachers.arch=resnet8", "teachers.seeds=[0]", "teachers.epochs=1",
            "data.batch_size=256", "output.dir=runs", "--device", "cpu", home=home, cwd=tmp_path)
     listing = mkdlab("list", "teachers", "--json", home=home, cwd=tmp_path)
-    rows = json.loads(listing.stdout)
-    assert [row["name"] for row in rows] == ["resnet8-fashion_mnist_mini-s0-e1"]
-    assert 0 < rows[0]["top1"] <= 100
+    rows = {row["name"]: row for row in json.loads(listing.stdout)}
+    shipped = sorted(TeacherPool(tmp_path / "nothing").entries())  # the teachers shipped in the package
+    assert sorted(rows) == sorted([*shipped, "resnet8-fashion_mnist_mini-s0-e1"])
+    assert 0 < rows["resnet8-fashion_mnist_mini-s0-e1"]["top1"] <= 100
     torch.manual_seed(0)
     path = tmp_path / "resnet8_cifar.pth"
     torch.save({"model": create("resnet8").state_dict(), "epoch": 240}, path)
     mkdlab("teachers", "import", str(path), "--arch", "resnet8", "--name", "r8", home=home, cwd=tmp_path)
     names = [row["name"] for row in json.loads(mkdlab("list", "teachers", "--json", home=home, cwd=tmp_path).stdout)]
-    assert names == ["r8", "resnet8-fashion_mnist_mini-s0-e1"]
+    assert sorted(names) == sorted(["r8", *shipped, "resnet8-fashion_mnist_mini-s0-e1"])
 
 
 def test_presets_are_listed_and_a_base_recipe_is_not_trained(tmp_path, home):

@@ -11,7 +11,7 @@ import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 #: PyPI name -> conda-forge name, where they differ.
-CONDA_NAMES = {"torch": "pytorch", "pyyaml": "pyyaml"}
+CONDA_NAMES = {"torch": "pytorch", "pyyaml": "pyyaml", "ray": "ray-default"}
 
 
 def parse(requirement: str) -> tuple[str, str]:

@@ -42,9 +42,9 @@ def in_one_thread(function, *args, **kwargs):
 
 def test_a_tiny_row_on_ray_gives_the_records_of_the_local_executor(tmp_path, local_ray):
     row = tiny_row_with_teachers(["ce", "aver_kd"], steps=3)
-    pool = TeacherPool(tmp_path / "pool")
+    pool = TeacherPool(tmp_path / "pool", shipped=None)
     on_ray = run_study(row, [0, 1], out=tmp_path / "ray", pool=pool, executor=RayExecutor(), verbose=False)
-    pool = TeacherPool(tmp_path / "pool")  # the manifest as the teacher tasks left it
+    pool = TeacherPool(tmp_path / "pool", shipped=None)  # the manifest as the teacher tasks left it
     assert sorted(pool.entries()) == ["resnet8-fashion_mnist_mini-s0-e1-m3", "resnet8-fashion_mnist_mini-s1-e1-m3"]
     files = {name: entry.sha256 for name, entry in pool.entries().items()}
     local = in_one_thread(run_study, row, [0, 1], out=tmp_path / "local", pool=pool, verbose=False)
@@ -84,7 +84,7 @@ def test_a_task_whose_worker_dies_is_retried_and_resumes_from_its_checkpoint(tmp
         return run_job(job, pool, record_extras, verbose)
 
     executor = RayExecutor(max_retries=1, job_function=dies_after_step_3_once)
-    pool = TeacherPool(tmp_path / "pool")
+    pool = TeacherPool(tmp_path / "pool", shipped=None)
     on_ray = run_study(row, [0], out=tmp_path / "ray", pool=pool, executor=executor, verbose=False)
     assert marker.exists() and resumed.read_text() == "2"  # the first attempt died; the retry resumed at step 2
     local = in_one_thread(run_study, row, [0], out=tmp_path / "local", pool=pool, verbose=False)

@@ -14,6 +14,12 @@ from mkdlab.reuse import run_or_load
 from mkdlab.teachers import TeacherPool
 
 
+@pytest.fixture(autouse=True)
+def reuse_on(monkeypatch):
+    """Reuse as a user has it: the notebooks' conftest turns it off for the notebook run in the same process."""
+    monkeypatch.delenv("MKDLAB_REUSE_RUNS", raising=False)
+
+
 @pytest.fixture
 def steps(monkeypatch):
     """The number of optimiser steps trained so far in this test."""
