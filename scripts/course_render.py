@@ -2,10 +2,11 @@
 
 ``python scripts/course.py render [--profile smoke|quick|full] [--executed DIR] [--out site/]`` executes every
 notebook of the series with ``MKDLAB_PROFILE`` set (nbclient, one kernel per notebook, working directory
-``notebooks/``) or takes already-executed copies from ``--executed``, converts each with nbconvert's HTML exporter
-(figures are embedded as ``data:`` images, so every page is one self-contained file) and writes ``index.html``:
-``notebooks/README.md`` (the reading order) followed by the list of every lesson. Links between notebooks
-(``NN_….ipynb``) are rewritten to the HTML pages. Jupyter Book is not used: it cannot build offline here.
+``notebooks/``) or takes the outputs of already-executed copies from ``--executed``, converts each with nbconvert's
+HTML exporter (figures are embedded as ``data:`` images, so every page is one self-contained file) and writes
+``index.html``: ``notebooks/README.md`` (the reading order) followed by the list of every lesson. Links between
+notebooks (``NN_….ipynb``) are rewritten to the HTML pages. nbconvert rather than Jupyter Book: it is already a
+dependency and needs nothing from the network.
 """
 
 from __future__ import annotations
@@ -77,11 +78,22 @@ def execute(path: Path, profile: str, timeout: int) -> nbformat.NotebookNode:
 
 
 def executed_copy(folder: Path, path: Path) -> nbformat.NotebookNode:
-    """An already-executed copy of a lesson, looked up by its file name."""
+    """The lesson as it is now, with the outputs of its already-executed copy (looked up by file name).
+
+    Markdown may have changed since the copy was executed (the text shown is the current one); the code cells
+    must be the same, else the copy is stale and the outputs would not belong to the code shown.
+    """
     copy = folder / path.name
     if not copy.is_file():
         raise CourseError(f"no executed copy {copy}: execute the lesson there, or drop --executed")
-    return nbformat.read(copy, as_version=4)
+    notebook, executed = nbformat.read(path, as_version=4), nbformat.read(copy, as_version=4)
+    code = [c for c in notebook.cells if c.cell_type == "code"]
+    ran = [c for c in executed.cells if c.cell_type == "code"]
+    if [c.source for c in code] != [c.source for c in ran]:
+        raise CourseError(f"{copy} is stale: its code cells differ from {path}; execute the lesson again")
+    for cell, result in zip(code, ran, strict=True):
+        cell.outputs, cell.execution_count = result.outputs, result.execution_count
+    return notebook
 
 
 def render(notebooks: Path, out: Path, profile: str = "quick", executed: Path | None = None,

@@ -76,6 +76,27 @@ def test_check_without_a_release_says_what_to_do(tmp_path, capsys):
     assert err.startswith("mkdlab: error: ") and "course.py release" in err
 
 
+def test_executed_copies_lend_their_outputs_only_to_the_same_code(tmp_path):
+    import course_render
+
+    series, executed = tmp_path / "notebooks", tmp_path / "executed"
+    series.mkdir(), executed.mkdir()
+    lesson = nbformat.v4.new_notebook()
+    lesson.cells = [nbformat.v4.new_markdown_cell("# 00 · now"), nbformat.v4.new_code_cell("print(1)")]
+    nbformat.write(lesson, series / "00_x.ipynb")
+    ran = nbformat.v4.new_notebook()
+    ran.cells = [nbformat.v4.new_markdown_cell("# 00 · before"), nbformat.v4.new_code_cell("print(1)")]
+    ran.cells[1].outputs = [nbformat.v4.new_output("stream", name="stdout", text="1\n")]
+    nbformat.write(ran, executed / "00_x.ipynb")
+    merged = course_render.executed_copy(executed, series / "00_x.ipynb")
+    assert merged.cells[0].source == "# 00 · now" and merged.cells[1].outputs[0].text == "1\n"
+    ran.cells[1].source = "print(2)"
+    nbformat.write(ran, executed / "00_x.ipynb")
+    with pytest.raises(course.CourseError, match="stale"):
+        course_render.executed_copy(executed, series / "00_x.ipynb")
+    assert course_render.link_pages('<a href="01_b.ipynb#s">') == '<a href="01_b.html#s">'
+
+
 def tiny_lesson(number: int, title: str, link: str) -> nbformat.NotebookNode:
     """A lesson with a link to its neighbour and one figure, as the rendered edition shows it."""
     notebook = nbformat.v4.new_notebook()
