@@ -202,7 +202,8 @@ def check_lesson(source_path: Path, release_path: Path | None) -> list[Row]:
     if leaked:
         rows.append(Row(lesson, "-", f"keeps {leaked[0]!r}", "-", 0.0, True))
     source_tests = exercises(nbformat.read(source_path, as_version=4))
-    for grade_id, student in exercises(release_nb).items():
+    student_tests = exercises(release_nb)
+    for grade_id, student in student_tests.items():
         start = time.perf_counter()
         _, release_error = run_exercise(student, source_path.parent)
         release_cell = f"fails ({short(release_error, 40)})" if release_error else "PASSES on the stub"
@@ -217,6 +218,8 @@ def check_lesson(source_path: Path, release_path: Path | None) -> list[Row]:
             source_cell = f"FAILS ({short(problem, 40)})" if problem else "passes"
             violation = violation or bool(problem)
         rows.append(Row(lesson, grade_id, release_cell, source_cell, time.perf_counter() - start, violation))
+    for grade_id in sorted(set(source_tests) - set(student_tests)):
+        rows.append(Row(lesson, grade_id, "missing from the release", "-", 0.0, True))
     if not rows:
         rows.append(Row(lesson, "-", "no autograded tests", "-", 0.0, False))
     return rows
