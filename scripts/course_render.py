@@ -49,8 +49,9 @@ table {{ border-collapse: collapse; }} td, th {{ border: 1px solid #ccc; padding
 
 
 def link_pages(text: str) -> str:
-    """Point links to notebooks of the series at their HTML pages."""
-    return NOTEBOOK_LINK.sub(lambda m: f'href="{m.group(2)}.html{m.group(3) or ""}"', text)
+    """Point links to notebooks of the series at their HTML pages, and links to the reading order at the index."""
+    text = NOTEBOOK_LINK.sub(lambda m: f'href="{m.group(2)}.html{m.group(3) or ""}"', text)
+    return text.replace('href="README.md"', 'href="index.html"')
 
 
 def title_of(notebook: nbformat.NotebookNode, fallback: str) -> str:

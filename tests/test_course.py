@@ -97,6 +97,7 @@ def test_executed_copies_lend_their_outputs_only_to_the_same_code(tmp_path):
     with pytest.raises(course.CourseError, match="stale"):
         course_render.executed_copy(executed, series / "00_x.ipynb")
     assert course_render.link_pages('<a href="01_b.ipynb#s">') == '<a href="01_b.html#s">'
+    assert course_render.link_pages('<a href="README.md">') == '<a href="index.html">'
 
 
 def tiny_lesson(number: int, title: str, link: str) -> nbformat.NotebookNode:
