@@ -27,6 +27,7 @@ def exercise(grade: str, solution: str, test: str) -> list[nbformat.NotebookNode
             nbformat.v4.new_code_cell(test, metadata={"nbgrader": {**TEST, "grade_id": f"{grade}-test"}})]
 
 
+@pytest.mark.slow
 def test_release_and_check_pass_on_the_series(tmp_path):
     release = tmp_path / "release"
     assert course.main(["release", "--release", str(release)]) == 0
@@ -43,6 +44,7 @@ def test_release_and_check_pass_on_the_series(tmp_path):
     assert " 0 violations" in done.stdout
 
 
+@pytest.mark.slow
 def test_check_catches_a_test_that_passes_on_the_stub_and_one_that_fails_on_the_source(tmp_path, capsys):
     series = tmp_path / "notebooks"
     series.mkdir()
