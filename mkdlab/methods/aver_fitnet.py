@@ -21,7 +21,7 @@ from mkdlab.methods.registry import register_method
 class AverFitNetParams:
     """CA-MKD repo script ``-r 1 -a 1 -b 100``: γ = α = 1, β = 100, T = 4; hint term off in epoch 1.
 
-    ``parity=True`` reproduces the official detached hint term (docs/methods.md §4.6 pitfall, §7 #1): the term is a
+    ``parity=True`` reproduces the official detached hint term (docs/methods.md §4.6 departure, §7 #1): the term is a
     constant, the regressors never receive a gradient, and the method is numerically AVER-KD.
     """
 

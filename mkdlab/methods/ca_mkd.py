@@ -30,7 +30,7 @@ class CAMKDParams:
     """CA-MKD repo script ``-r 1 -a 1 -b 50``: γ = α = 1, β = 50, T = 4; feature term off in epoch 1.
 
     ``parity=True`` reproduces the official cumulative resizing of the student map across heterogeneous teachers
-    (docs/methods.md §4.8 pitfalls, §7 #13); identical to the default when every teacher map has the same size.
+    (docs/methods.md §4.8 departure, §7 #13); identical to the default when every teacher map has the same size.
     ``convs`` builds the three-conv Embed variant (not used by the official scripts).
     """
 

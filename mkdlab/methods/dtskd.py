@@ -61,7 +61,7 @@ class DTSKDParams:
       A method driven by hand, without a trainer, uses the paper's E = 300 (:data:`PAPER_EPOCHS`).
     * ``detach_structural_teacher``: stop the structural loss's gradient into the backbone output (official: not
       detached).
-    * ``parity``: the released single-GPU code never writes the memory banks (docs/methods.md §5.5 pitfalls, §7 #6), so
+    * ``parity``: the released single-GPU code never writes the memory banks (docs/methods.md §5.5 departure, §7 #6), so
       its historical targets stay one-hot: :math:`\mathcal L_{hist}` is a weighted CE (up to the :math:`10^{-7}`
       smoothing). ``parity=True`` reproduces that; the default updates the banks after every step.
     """
