@@ -74,7 +74,7 @@ class MethodConfig:
 
 @dataclass
 class TrainConfig:
-    """The optimisation recipe (methods.md §2): SGD with step decay of the learning rate."""
+    """The optimisation recipe (docs/methods.md §2): SGD with step decay of the learning rate."""
 
     epochs: int = 240
     #: stop after this many optimiser steps (the step budget); ``None`` = run every epoch.

@@ -1,6 +1,6 @@
 """The teacher pool: trained or imported teacher checkpoints with a manifest, shared by every experiment.
 
-Multi-teacher papers distil from K networks of one architecture trained from different seeds (methods.md §2).
+Multi-teacher papers distil from K networks of one architecture trained from different seeds (docs/methods.md §2).
 The pool trains them once and keeps them under ``$MKDLAB_HOME/teachers`` (default ``~/.cache/mkdlab/teachers``):
 one state-dict file per teacher and a ``manifest.json`` entry recording architecture, dataset, seed, epochs, test
 accuracy and the file's sha256, which is verified at every load. Notebooks and the demo call

@@ -95,7 +95,7 @@ def test_aekd_parity_reproduces_libsvm_on_well_scaled_gradients():
 def test_aekd_parity_returns_the_libsvm_initial_point_on_tiny_kd_gradients():
     """Gram entries ≈ 7e-7, below libsvm's tolerance 1e-6: the solver stops at its initial point — the first
     ⌊νK⌋ = 1 multiplier at the bound (α = C = 0.6), the next holding the rest (0.4), the last 0 — whatever the
-    gradients, while the exact answer varies (methods.md §4.9)."""
+    gradients, while the exact answer varies (docs/methods.md §4.9)."""
     for seed in range(5):
         g = realistic_kd_gradients(seed)
         official = aekd_weights(g, parity=True)

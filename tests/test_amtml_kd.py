@@ -1,4 +1,4 @@
-"""AMTML-KD (methods.md §5.1): RKD losses, importances, the two-phase schedule, hint convs, presets and resume."""
+"""AMTML-KD (docs/methods.md §5.1): RKD losses, importances, the two-phase schedule, hint convs, presets and resume."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""DE-MKD (methods.md §5.2): weight conventions, the KD and feature terms against independent formulas, presets."""
+"""DE-MKD (docs/methods.md §5.2): weight conventions, the KD and feature terms against independent formulas, presets."""
 
 from __future__ import annotations
 

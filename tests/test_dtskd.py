@@ -1,4 +1,4 @@
-"""DTSKD (methods.md §5.5): the branch network, the α schedules, the losses against float64 re-computations, the
+"""DTSKD (docs/methods.md §5.5): the branch network, the α schedules, the losses against float64 re-computations, the
 memory banks (writes, parity, bf16, checkpoint/resume) and the exported backbone."""
 
 from __future__ import annotations
@@ -52,7 +52,7 @@ def fill_memory(dtskd: DTSKD, seen: list[bool]) -> None:
     dtskd.seen[batch().indices] = torch.tensor(seen)
 
 
-# -- independent float64 formulas of methods.md §5.5 -------------------------------------------------------------
+# -- independent float64 formulas of docs/methods.md §5.5 -------------------------------------------------------------
 def kappa(q: torch.Tensor, z: torch.Tensor, t: float = 1.0) -> torch.Tensor:
     q = q.to(F64) + 1e-7
     z = z.to(F64) / t

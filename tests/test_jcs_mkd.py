@@ -1,4 +1,4 @@
-"""JCS-MKD (methods.md §5.4): the loss pieces and the whole step against independent float64 re-computations,
+"""JCS-MKD (docs/methods.md §5.4): the loss pieces and the whole step against independent float64 re-computations,
 teacher modes (eval by default, train with parity), the weak head (trained / frozen) and the presets."""
 
 from __future__ import annotations

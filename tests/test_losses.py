@@ -1,4 +1,4 @@
-"""Loss functions against independent float64 computations, and the invariants of methods.md §1."""
+"""Loss functions against independent float64 computations, and the invariants of docs/methods.md §1."""
 
 from __future__ import annotations
 
@@ -38,7 +38,7 @@ def test_kd_per_sample_and_reductions(logits, temperature):
 
 
 def test_kd_temperature_squared_keeps_the_gradient_scale(logits):
-    """∂ℓ/∂z_s = T (p_s − p_t): the T² factor cancels the 1/T² of the softened gradient (methods.md §1)."""
+    """∂ℓ/∂z_s = T (p_s − p_t): the T² factor cancels the 1/T² of the softened gradient (docs/methods.md §1)."""
     student, teacher = logits
     for temperature in (1.0, 2.0, 8.0):
         z = student.clone().requires_grad_(True)
@@ -53,7 +53,7 @@ def test_kd_is_zero_when_student_equals_teacher(logits):
 
 
 def test_averaged_losses_have_the_gradient_of_kd_to_the_averaged_teacher():
-    """AVER-KD averages K losses; its gradient equals KD towards p̄ = mean_k p_k (methods.md §1, §4.5)."""
+    """AVER-KD averages K losses; its gradient equals KD towards p̄ = mean_k p_k (docs/methods.md §1, §4.5)."""
     gen = torch.Generator().manual_seed(1)
     student = torch.randn(6, 10, generator=gen, dtype=torch.float64, requires_grad=True)
     teachers = torch.randn(3, 6, 10, generator=gen, dtype=torch.float64) * 2

@@ -1,5 +1,5 @@
 """Single-teacher baselines: DKD, FitNet hint and AT losses against independent float64 computations, and the
-FitNet / AT / DKD methods built on them (methods.md §4.2–§4.4)."""
+FitNet / AT / DKD methods built on them (docs/methods.md §4.2–§4.4)."""
 
 from __future__ import annotations
 
@@ -64,7 +64,7 @@ def test_dkd_float32_matches_float64(logits):
 
 
 def test_kd_decomposes_into_tckd_and_weighted_nckd(logits):
-    """KD_b = TCKD_b + (1 − p^t_{T,y_b}) NCKD_b per sample (methods.md §4.4, §7)."""
+    """KD_b = TCKD_b + (1 − p^t_{T,y_b}) NCKD_b per sample (docs/methods.md §4.4, §7)."""
     student, teacher, target = logits
     for temperature in (1.0, 4.0):
         tckd, nckd = dkd_terms(student, teacher, target, temperature)

@@ -1,4 +1,4 @@
-"""MMKD (methods.md §5.3): weight networks, losses, hard buffer, the functional look-ahead and its hypergradient
+"""MMKD (docs/methods.md §5.3): weight networks, losses, hard buffer, the functional look-ahead and its hypergradient
 (against central finite differences in float64, with and without Nesterov), the official Reverse-HG recursion, the
 untouched real state after a meta update, and training through the Trainer with a kill and resume."""
 

@@ -1,6 +1,6 @@
 """Tests of the CIFAR model zoo (:mod:`mkdlab.models`).
 
-Parameter counts and map shapes are the numbers of methods.md §3 (RepDistiller / CA-MKD definitions). The
+Parameter counts and map shapes are the numbers of docs/methods.md §3 (RepDistiller / CA-MKD definitions). The
 external-checkpoint tests build RepDistiller state dicts key by key from the architecture description, without
 using mkdlab's classes, and compare mkdlab's forward with a functional forward written here.
 """
@@ -52,7 +52,7 @@ EXPECTED_PARAMS = {
 }
 MODELS = list(EXPECTED_PARAMS)
 
-# methods.md §3: the ``is_feat`` list (C×H×W, last entry the pooled vector) and the named taps.
+# docs/methods.md §3: the ``is_feat`` list (C×H×W, last entry the pooled vector) and the named taps.
 _RES = [(16, 32, 32), (16, 32, 32), (32, 16, 16), (64, 8, 8), (64,)]
 _RES_X4 = [(32, 32, 32), (64, 32, 32), (128, 16, 16), (256, 8, 8), (256,)]
 _WRN_K2 = [(16, 32, 32), (32, 32, 32), (64, 16, 16), (128, 8, 8), (128,)]
@@ -105,7 +105,7 @@ def test_registry_lists_the_zoo_in_order() -> None:
 
 
 def _check_features(model: ZooModel, name: str, x: Tensor, num_classes: int) -> dict[str, Tensor]:
-    """Check the named maps of ``model`` on ``x`` against methods.md §3; return them."""
+    """Check the named maps of ``model`` on ``x`` against docs/methods.md §3; return them."""
     expected = FEAT_SHAPES[name]
     with torch.no_grad():
         feats = model.forward_features(x)

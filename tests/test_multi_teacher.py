@@ -1,5 +1,5 @@
 """Multi-teacher baselines (AVER-FitNet, EBKD, CA-MKD, AEKD): one CPU step, parity switches and the losses
-against independent recomputations of the formulas in methods.md §4.6–§4.9."""
+against independent recomputations of the formulas in docs/methods.md §4.6–§4.9."""
 
 from __future__ import annotations
 
@@ -144,7 +144,7 @@ def test_ebkd_loss_is_the_literal_weights_over_bk():
 
 
 def camkd_reference(method, b: Batch, epoch: int, cumulative: bool = False) -> torch.Tensor:
-    """CA-MKD's total loss recomputed from methods.md §4.8 (shares the method's student, teachers and embeds)."""
+    """CA-MKD's total loss recomputed from docs/methods.md §4.8 (shares the method's student, teachers and embeds)."""
     labels = b.labels
     with torch.no_grad():
         t_feats = [t.forward_features(b.images) for t in method.teachers]

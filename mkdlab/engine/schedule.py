@@ -1,4 +1,4 @@
-"""The step learning-rate schedule of the CIFAR recipe (methods.md §2), scaled to any run length."""
+"""The step learning-rate schedule of the CIFAR recipe (docs/methods.md §2), scaled to any run length."""
 
 from __future__ import annotations
 

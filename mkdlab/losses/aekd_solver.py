@@ -1,4 +1,4 @@
-r"""AEKD's teacher weights in gradient space (Du et al., NeurIPS 2020, as in the CA-MKD repo; methods.md §4.9).
+r"""AEKD's teacher weights in gradient space (Du et al., NeurIPS 2020, as in the CA-MKD repo; docs/methods.md §4.9).
 
 AEKD weights whole teachers from the **gradients** of their KD losses, not from their logits: :func:`aekd_weights`
 takes ``K×D`` batch-averaged gradient vectors and returns ``K`` weights for the batch, the minimum-norm point of the
@@ -142,7 +142,7 @@ def libsvm_capped_simplex_weights(gram: Tensor | np.ndarray, cap: float = 0.6) -
     :math:`\alpha=\lambda/(K\nu)` lies on the simplex with :math:`\alpha_k\le C` and, on a well-scaled Gram matrix,
     equals :func:`capped_simplex_min_norm`. On tiny gradients (Gram entries below the 1e-6 tolerance) libsvm stops
     at or next to its initial point — the first :math:`\lfloor\nu K\rfloor` multipliers at the bound, the next one
-    holding the rest: :math:`(0.6, 0.4, 0)` for :math:`K=3, C=0.6` (methods.md §4.9, §7 #2).
+    holding the rest: :math:`(0.6, 0.4, 0)` for :math:`K=3, C=0.6` (docs/methods.md §4.9, §7 #2).
 
     Raises:
         ValueError: if :math:`CK\le1` (:math:`\nu\ge1`): the set is empty, or (at :math:`CK=1`) libsvm returns
@@ -163,7 +163,7 @@ def libsvm_capped_simplex_weights(gram: Tensor | np.ndarray, cap: float = 0.6) -
 
 
 def aekd_weights(teacher_grads: Tensor, cap: float = 0.6, parity: bool = False, normalize: bool = False) -> Tensor:
-    r"""AEKD teacher weights (Du et al., NeurIPS 2020, as in the CA-MKD repo; methods.md §4.9).
+    r"""AEKD teacher weights (Du et al., NeurIPS 2020, as in the CA-MKD repo; docs/methods.md §4.9).
 
     With :math:`G_{kl}=\langle\bar g_k,\bar g_l\rangle` the Gram matrix of the teachers' (batch-averaged) loss
     gradients, the weights are the minimum-norm point of the capped convex hull:
@@ -174,7 +174,7 @@ def aekd_weights(teacher_grads: Tensor, cap: float = 0.6, parity: bool = False, 
       :math:`K\le6`, on the Gram matrix rescaled to unit max entry);
     * ``parity=True``: the official scikit-learn ``OneClassSVM`` call on the raw Gram matrix
       (:func:`libsvm_capped_simplex_weights`), which degenerates to :math:`(0.6,0.4,0)` on realistic, tiny KD
-      gradients (methods.md §7 #2).
+      gradients (docs/methods.md §7 #2).
 
     ``normalize=True`` is the official ``--svm_norm`` (our reading of §4.9 steps 3 and 5): the Gram matrix is built
     from unit-normalised gradients and the result is post-scaled,

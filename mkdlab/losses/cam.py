@@ -1,4 +1,4 @@
-r"""Loss pieces of JCS-MKD (Ding et al., EAAI 2025; methods.md §5.4): class-attention transfer and self-knowledge.
+r"""Loss pieces of JCS-MKD (Ding et al., EAAI 2025; docs/methods.md §5.4): class-attention transfer and self-knowledge.
 
 * **CAT** (class attention transfer, from CAT-KD, Guo et al., CVPR 2023): :func:`cat_distances` /
   :func:`cat_loss` compare the class activation maps (:func:`mkdlab.cam.class_activation_maps`) of the student and
@@ -59,7 +59,7 @@ def cat_distances(student_cams: Tensor, teacher_cams: Sequence[Tensor] | Tensor,
 
 def cat_loss(student_cams: Tensor, teacher_cams: Sequence[Tensor] | Tensor, weights: Tensor | None = None,
              resolution: int = 2, normalize: bool = False) -> Tensor:
-    r"""Weighted class-attention-transfer loss of JCS-MKD (methods.md §5.4):
+    r"""Weighted class-attention-transfer loss of JCS-MKD (docs/methods.md §5.4):
 
     .. math:: \mathcal L_{CAT} = \frac1{BK}\sum_{b,k}\omega_{kb}\,m_{kb}
 
@@ -167,7 +167,7 @@ class SelfKnowledge(NamedTuple):
 
 def self_knowledge_terms(student_logits: Tensor, head_logits: Tensor, labels: Tensor, ranking: Ranking = "probs",
                          smoothing: float = 0.1) -> SelfKnowledge:
-    r"""JCS-MKD's self-knowledge from hard labels (methods.md §5.4), each term unweighted:
+    r"""JCS-MKD's self-knowledge from hard labels (docs/methods.md §5.4), each term unweighted:
     :math:`\mathcal L_t` (:func:`target_loss`), :math:`\mathcal L_{nt}` with Zipf labels ranked by
     :func:`ranking_scores` (:func:`nontarget_loss`) and the weak head's :func:`weak_loss`. The method combines
     them as :math:`\alpha_t\mathcal L_t + \beta_{nt}\mathcal L_{nt} + \mu\,\mathcal L_{weak}`."""

@@ -25,7 +25,7 @@ def kd_loss(
         \ell_b = T^2 \sum_c p^t_{T,bc}\,\big(\log p^t_{T,bc} - \log p^s_{T,bc}\big),\qquad
         p_T = \mathrm{softmax}(z / T)
 
-    The :math:`T^2` factor keeps the gradient's magnitude independent of the temperature (methods.md §1, §4.1).
+    The :math:`T^2` factor keeps the gradient's magnitude independent of the temperature (docs/methods.md §1, §4.1).
 
     Args:
         student_logits: B×C student logits.
@@ -44,7 +44,7 @@ def kd_loss(
 def soft_target_kl(student_logits: Tensor, target: Tensor, temperature: float,
                    reduction: Literal["batchmean", "mean"] = "batchmean") -> Tensor:
     r"""KL divergence to a probability target, AMTML-KD's soft loss (Liu, Zhang, Wang, Neurocomputing 2020;
-    methods.md §5.1):
+    docs/methods.md §5.1):
 
     .. math::
         \mathcal L = \frac{T^2}{D}\sum_{b,c} q_{bc}\big(\log q_{bc} - \log p^s_{T,bc}\big),\qquad
@@ -95,8 +95,8 @@ def dkd_terms(
 
     :math:`\log b^s` is the plain log (no clamp) and :math:`\hat p` pushes the target class out of the softmax,
     which equals the renormalised distribution over the :math:`C-1` non-target classes up to rounding
-    (methods.md §4.4). Classical KD decomposes as
-    :math:`\mathrm{KD}_b=\mathrm{TCKD}_b+(1-p^t_{T,by_b})\,\mathrm{NCKD}_b` (methods.md §4.4, §7).
+    (docs/methods.md §4.4). Classical KD decomposes as
+    :math:`\mathrm{KD}_b=\mathrm{TCKD}_b+(1-p^t_{T,by_b})\,\mathrm{NCKD}_b` (docs/methods.md §4.4, §7).
 
     Args:
         student_logits: B×C student logits.
@@ -135,7 +135,7 @@ def dkd_loss(
                + \beta\,T^2\,\mathrm{KL}\big(\hat p^{\,t}_b\,\|\,\hat p^{\,s}_b\big)
 
     with the binary target/other distributions :math:`b` and the target-masked softmax :math:`\hat p` of
-    :func:`dkd_terms` (mdistiller ``dkd_loss``, methods.md §4.4). The warm-up factor
+    :func:`dkd_terms` (mdistiller ``dkd_loss``, docs/methods.md §4.4). The warm-up factor
     :math:`\min(e/W, 1)` of the DKD method is *not* included (the method applies it).
 
     Args:
@@ -143,7 +143,7 @@ def dkd_loss(
         teacher_logits: B×C teacher logits (constants: compute them without grad).
         target: B class indices.
         alpha: weight of TCKD.
-        beta: weight of NCKD (8 by default; mdistiller's per-pair overrides are listed in methods.md §4.4).
+        beta: weight of NCKD (8 by default; mdistiller's per-pair overrides are listed in docs/methods.md §4.4).
         temperature: softening temperature T.
         reduction: ``"batchmean"`` (mean over samples, mdistiller), ``"sum"`` or ``"none"`` (shape (B,)).
     """

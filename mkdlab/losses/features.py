@@ -32,7 +32,7 @@ def hint_loss(
         \mathcal L_{\mathrm{mean}} = \frac1B\sum_b \ell_b
 
     (Romero et al., "FitNets: Hints for Thin Deep Nets", ICLR 2015; RepDistiller's ``HintLoss`` =
-    ``nn.MSELoss()``, methods.md §1, §4.2.) The caller applies the regressor :math:`r`; both maps must have the
+    ``nn.MSELoss()``, docs/methods.md §1, §4.2.) The caller applies the regressor :math:`r`; both maps must have the
     same shape.
 
     Args:
@@ -50,14 +50,14 @@ def hint_loss(
 
 
 def per_sample_mse(student_map: Tensor, teacher_map: Tensor) -> Tensor:
-    r"""Per-sample MSE :math:`\ell_b=\mathrm{mean}_{chw}(F^s_b-F^t_b)^2` (methods.md §1, "per-sample MSE"), shape
+    r"""Per-sample MSE :math:`\ell_b=\mathrm{mean}_{chw}(F^s_b-F^t_b)^2` (docs/methods.md §1, "per-sample MSE"), shape
     (B,): :func:`hint_loss` with ``reduction="none"``, computed in float32 at least (under autocast the maps may be
     half precision)."""
     return hint_loss(at_least_float32(student_map), at_least_float32(teacher_map), reduction="none")
 
 
 def weighted_feature_loss(student_maps: Sequence[Tensor], teacher_maps: Sequence[Tensor], weights: Tensor) -> Tensor:
-    r"""DE-MKD's intermediate loss (Cheng et al., Mathematics 2024, Eq. 5; methods.md §5.2)
+    r"""DE-MKD's intermediate loss (Cheng et al., Mathematics 2024, Eq. 5; docs/methods.md §5.2)
 
     .. math:: \mathcal L_{inter}=\frac1B\sum_b\sum_k\tilde w_{kb}\,\mathrm{mean}_{chw}(r_k(F^s)_b-F^k_b)^2
 
@@ -67,7 +67,7 @@ def weighted_feature_loss(student_maps: Sequence[Tensor], teacher_maps: Sequence
 
 
 def normalised_hint_loss(projected: Tensor, teacher_hint: Tensor) -> Tensor:
-    r"""AMTML-KD's hint (Liu, Zhang, Wang, Neurocomputing 2020; methods.md §5.1)
+    r"""AMTML-KD's hint (Liu, Zhang, Wang, Neurocomputing 2020; docs/methods.md §5.1)
     :math:`\mathrm{mean}\big((P(\bar S)-\bar H)^2\big)`: ``projected`` = :math:`P(\bar S)` (B×C×h×w), the teacher
     map (B×C×h'×w', a 1×1 map broadcasts over the student grid) is L2-normalised along channels here."""
     target = F.normalize(teacher_hint.float(), dim=1).expand_as(projected)
@@ -75,7 +75,7 @@ def normalised_hint_loss(projected: Tensor, teacher_hint: Tensor) -> Tensor:
 
 
 def attention_map(feature_map: Tensor, p: float = 2.0) -> Tensor:
-    r"""Spatial attention map of attention transfer (Zagoruyko & Komodakis, ICLR 2017; methods.md §1).
+    r"""Spatial attention map of attention transfer (Zagoruyko & Komodakis, ICLR 2017; docs/methods.md §1).
 
     .. math::
         a(F)_b = \frac{v_b}{\lVert v_b\rVert_2},\qquad
@@ -92,7 +92,7 @@ def attention_map(feature_map: Tensor, p: float = 2.0) -> Tensor:
 
 
 def at_loss(student_maps: Sequence[Tensor], teacher_maps: Sequence[Tensor], p: float = 2.0) -> Tensor:
-    r"""Attention-transfer loss summed over pairs of maps (Zagoruyko & Komodakis, ICLR 2017; methods.md §4.3).
+    r"""Attention-transfer loss summed over pairs of maps (Zagoruyko & Komodakis, ICLR 2017; docs/methods.md §4.3).
 
     .. math::
         \mathcal L_{AT} = \sum_{\ell}\frac{1}{B\,HW}\sum_{b,i}
@@ -101,7 +101,7 @@ def at_loss(student_maps: Sequence[Tensor], teacher_maps: Sequence[Tensor], p: f
     with :math:`a` from :func:`attention_map`. As RepDistiller's ``Attention``: when the spatial sizes of a pair
     differ, the *larger* map is adaptively average-pooled to the smaller size before :math:`a` is computed. This is
     the squared, element-averaged form of the reference implementations, not the paper's un-squared
-    :math:`p`-norm with :math:`\beta/2` (methods.md §4.3). Channel counts may differ (they are averaged away).
+    :math:`p`-norm with :math:`\beta/2` (docs/methods.md §4.3). Channel counts may differ (they are averaged away).
 
     Args:
         student_maps: the student's maps, B×c×h×w each.
@@ -128,7 +128,7 @@ def at_loss(student_maps: Sequence[Tensor], teacher_maps: Sequence[Tensor], p: f
 
 
 def resize_to(feature_map: Tensor, size: tuple[int, int]) -> Tensor:
-    """CA-MKD's resizing (methods.md §4.8): adaptive average pool when the map is at least as large as ``size`` (by
+    """CA-MKD's resizing (docs/methods.md §4.8): adaptive average pool when the map is at least as large as ``size`` (by
     height), else bilinear upsampling (``align_corners=False``, PyTorch's default); identity when the size already
     matches."""
     if tuple(feature_map.shape[-2:]) == tuple(size):
@@ -139,7 +139,7 @@ def resize_to(feature_map: Tensor, size: tuple[int, int]) -> Tensor:
 
 
 def gram_matrix(feature_map: Tensor, norm: Literal["none", "row_l2"] = "none") -> Tensor:
-    r"""MMKD's batch Gram matrix (Zhang, Chen, Wang, ICME 2023, Eq. 3; methods.md §5.3): :math:`G=QQ^\top` with
+    r"""MMKD's batch Gram matrix (Zhang, Chen, Wang, ICME 2023, Eq. 3; docs/methods.md §5.3): :math:`G=QQ^\top` with
     :math:`Q=\mathrm{vec}(F)\in\mathbb R^{B\times chw}`, B×B; ``"row_l2"`` L2-normalises each row
     (similarity-preserving KD's normalisation)."""
     q = feature_map.flatten(1)

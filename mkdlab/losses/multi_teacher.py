@@ -25,7 +25,7 @@ def weighted_kd_loss(student_logits: Tensor, teacher_logits: Tensor, weights: Te
 
     ``teacher_logits`` are stacked K×B×C and ``weights`` are B×K; :math:`\ell^{KL}_T` is :func:`kd_loss` per sample
     (with :math:`T^2`). With :math:`w=1/K` this is AVER-KD; EBKD, CA-MKD and MMKD differ only in their weights (and
-    in whether these sum to 1, methods.md §1).
+    in whether these sum to 1, docs/methods.md §1).
     """
     per_sample = torch.stack([kd_loss(student_logits, t, temperature, reduction="none") for t in teacher_logits])
     return (weights.T * per_sample).sum(0).mean()
@@ -40,7 +40,7 @@ class WeightedKDLoss(NamedTuple):
 
 def weighted_kd(student_logits: Tensor, teacher_logits: Tensor, labels: Tensor, weighting: Weighting,
                 temperature: float = 4.0, mean_over_teachers: bool = False) -> WeightedKDLoss:
-    r"""Weighted multi-teacher KD with the weights of ``weighting`` (methods.md §1, §4.5, §4.7, §4.8):
+    r"""Weighted multi-teacher KD with the weights of ``weighting`` (docs/methods.md §1, §4.5, §4.7, §4.8):
 
     .. math::
         w = \mathrm{weighting}(z^{1..K}, y)\in\mathbb R^{B\times K},\qquad
@@ -69,8 +69,9 @@ def weighted_kd(student_logits: Tensor, teacher_logits: Tensor, labels: Tensor, 
 def per_teacher_kd(student_logits: Tensor, teacher_logits: Tensor, target: Tensor, temperature: float = 4.0,
                    tckd_weight: float = 1.0, nckd_weight: float = 8.0, decoupled: bool = True) -> Tensor:
     r"""K×B per-teacher, per-sample distillation terms :math:`d_{kb}` of DE-MKD (Cheng et al., Mathematics 2024;
-    methods.md §5.2): :math:`a\,\mathrm{TCKD}_{kb}+b\,\mathrm{NCKD}_{kb}` (:func:`~mkdlab.losses.divergences.dkd_terms`,
-    each with :math:`T^2`) or, with ``decoupled=False``, vanilla :math:`\ell^{KL}_T(z^s,z^k)_b`."""
+    docs/methods.md §5.2): :math:`a\,\mathrm{TCKD}_{kb}+b\,\mathrm{NCKD}_{kb}`
+    (:func:`~mkdlab.losses.divergences.dkd_terms`, each with :math:`T^2`) or, with ``decoupled=False``, vanilla
+    :math:`\ell^{KL}_T(z^s,z^k)_b`."""
     rows = []
     for logits in teacher_logits:
         if decoupled:
@@ -84,7 +85,7 @@ def per_teacher_kd(student_logits: Tensor, teacher_logits: Tensor, target: Tenso
 def de_mkd_kd_loss(student_logits: Tensor, teacher_logits: Tensor, target: Tensor, weights: Tensor,
                    temperature: float = 4.0, tckd_weight: float = 1.0, nckd_weight: float = 8.0,
                    decoupled: bool = True) -> Tensor:
-    r"""DE-MKD's distillation loss (Cheng et al., Mathematics 2024, Eq. 4; methods.md §5.2)
+    r"""DE-MKD's distillation loss (Cheng et al., Mathematics 2024, Eq. 4; docs/methods.md §5.2)
 
     .. math:: \mathcal L_{KD}=\frac1B\sum_b\sum_k\tilde w_{kb}\,(a\,\mathrm{TCKD}_{kb}+b\,\mathrm{NCKD}_{kb})
 
@@ -94,7 +95,7 @@ def de_mkd_kd_loss(student_logits: Tensor, teacher_logits: Tensor, target: Tenso
 
 
 def integrated_target(importances: Tensor, teacher_logits: Tensor, temperature: float) -> Tensor:
-    r"""AMTML-KD's integrated soft target (Liu, Zhang, Wang, Neurocomputing 2020; methods.md §5.1)
+    r"""AMTML-KD's integrated soft target (Liu, Zhang, Wang, Neurocomputing 2020; docs/methods.md §5.1)
 
     .. math:: q_b=\sum_k \mu_{bk}\,\mathrm{softmax}(z^k_b/T)
 

@@ -3,7 +3,7 @@ r"""Relational knowledge distillation (RKD; Park, Kim, Lu, Cho, CVPR 2019): dist
 RKD transfers the *structure* of a batch instead of each sample's output: the student's pairwise distances and
 triplet angles must match the teacher's. Both functions take B×D vectors (student, teacher); the teacher side is
 a constant (``detach``), and both losses are element-averaged smooth-L1 (Huber, β = 1) as in the official code
-(methods.md §5.1, used by AMTML-KD between a student vector and the integrated teacher target).
+(docs/methods.md §5.1, used by AMTML-KD between a student vector and the integrated teacher target).
 """
 
 from __future__ import annotations

@@ -1,5 +1,5 @@
 r"""Loss pieces of DTSKD, dual-teacher self-knowledge distillation (Li et al., Pattern Recognition 2024;
-methods.md §5.5).
+docs/methods.md §5.5).
 
 The network teaches itself through two teachers made of its own outputs :math:`z` (backbone) and :math:`z_j`
 (branches):
@@ -30,7 +30,7 @@ EPS = 1e-7
 
 def smoothed_kl(target: Tensor, logits: Tensor, temperature: float = 1.0, eps: float = EPS) -> Tensor:
     r"""DTSKD's ``KL_Loss``: :math:`\frac{T^2}{B}\sum_{b,c}(q_{bc}+\epsilon)\big(\log(q_{bc}+\epsilon)
-    - \log\mathrm{softmax}(z_b/T)_c\big)` with :math:`\epsilon = 10^{-7}` (methods.md §5.5).
+    - \log\mathrm{softmax}(z_b/T)_c\big)` with :math:`\epsilon = 10^{-7}` (docs/methods.md §5.5).
 
     ``target`` is a B×C probability table :math:`q` (a softmax, or a label/history mixture), ``logits`` the B×C
     student logits :math:`z`. Half-precision inputs are computed in float32. Gradients flow into ``target``

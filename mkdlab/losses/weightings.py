@@ -1,4 +1,5 @@
-r"""Per-sample teacher weightings of the multi-teacher methods (methods.md §4.5–§4.8, §5.2), and a registry by name.
+r"""Per-sample teacher weightings of the multi-teacher methods (docs/methods.md §4.5–§4.8, §5.2), and a registry by
+name.
 
 Every weighting has one signature so that a method, or a notebook, can swap them: teacher logits stacked ``K×B×C``
 (and the ``B`` labels) in, weights ``B×K`` out (row ``b`` holds the weight of every teacher for sample ``b``):
@@ -51,7 +52,7 @@ def _check_logits(teacher_logits: Tensor) -> int:
 
 
 def average_weights(teacher_logits: Tensor) -> Tensor:
-    r"""Equal weights :math:`w_{bk} = 1/K` (AVER, methods.md §4.5), shape B×K.
+    r"""Equal weights :math:`w_{bk} = 1/K` (AVER, docs/methods.md §4.5), shape B×K.
 
     Args:
         teacher_logits: K×B×C teacher logits (only the shape, dtype and device are used).
@@ -63,14 +64,14 @@ def average_weights(teacher_logits: Tensor) -> Tensor:
 
 def entropy_weights(teacher_logits: Tensor, temperature: float = 1.0, norm: EntropyNorm = "literal",
                     rho: float = 1.0) -> Tensor:
-    r"""Entropy-based teacher weights of EBKD (Kwon et al., ICASSP 2020; methods.md §4.7) and DE-MKD (§5.2).
+    r"""Entropy-based teacher weights of EBKD (Kwon et al., ICASSP 2020; docs/methods.md §4.7) and DE-MKD (§5.2).
 
     .. math::
         H_{kb} = -\sum_c p^k_{T,bc}\log p^k_{T,bc},\qquad
         w_{kb} = 1 - \frac{H_{kb}}{\sum_j H_{jb}}
 
     (natural log, :math:`p^k_T=\mathrm{softmax}(z^k/T)`), so a confident (low-entropy) teacher weighs more.
-    The sum of the weights sets the effective KD coefficient (methods.md §1), hence ``norm``:
+    The sum of the weights sets the effective KD coefficient (docs/methods.md §1), hence ``norm``:
 
     * ``"literal"``: :math:`w` as written; :math:`\sum_k w_{kb} = K-1` (EBKD in the CA-MKD repo, DE-MKD);
     * ``"per_K"``: :math:`w/K`, sum :math:`(K-1)/K` — the *effective* weights of the CA-MKD repo's EBKD, which
@@ -113,7 +114,7 @@ def entropy_weights(teacher_logits: Tensor, temperature: float = 1.0, norm: Entr
 
 
 def confidence_weights(teacher_logits: Tensor, target: Tensor) -> Tensor:
-    r"""Confidence-aware teacher weights of CA-MKD (Zhang, Chen, Wang, ICASSP 2022; methods.md §4.8).
+    r"""Confidence-aware teacher weights of CA-MKD (Zhang, Chen, Wang, ICASSP 2022; docs/methods.md §4.8).
 
     .. math::
         \mathrm{ce}_{kb} = \mathrm{CE}(z^k_b, y_b)\ (T=1),\qquad
@@ -146,7 +147,7 @@ def confidence_weights(teacher_logits: Tensor, target: Tensor) -> Tensor:
 def de_mkd_weights(teacher_logits: Tensor, norm: EntropyNorm = "sum_to_one", entropy_temperature: float = 1.0,
                    rho: float = 1.0, use_entropy: bool = True) -> Tensor:
     r"""Effective per-sample teacher weights :math:`\tilde w` (B×K) of DE-MKD (Cheng et al., Mathematics 2024;
-    methods.md §5.2) from K×B×C teacher logits.
+    docs/methods.md §5.2) from K×B×C teacher logits.
 
     With ``use_entropy`` the paper's Eq. 3 under the convention ``norm`` (:func:`entropy_weights`); otherwise
     equal weights :math:`S/K` with the same row sum :math:`S` (:data:`WEIGHT_SUMS`: :math:`K-1`,
@@ -166,7 +167,7 @@ def de_mkd_weights(teacher_logits: Tensor, norm: EntropyNorm = "sum_to_one", ent
 
 
 def importance_scores(v: Tensor, theta: Tensor, w: Tensor) -> Tensor:
-    r"""AMTML-KD's instance-level teacher scores (Liu, Zhang, Wang, Neurocomputing 2020; methods.md §5.1).
+    r"""AMTML-KD's instance-level teacher scores (Liu, Zhang, Wang, Neurocomputing 2020; docs/methods.md §5.1).
 
     .. math:: s_{bk}=\sum_c v_{bc}\,\theta_{kc}\,W_c
 

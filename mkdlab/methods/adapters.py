@@ -1,4 +1,4 @@
-"""Trainable adapters that map student maps onto teacher maps (methods.md §1, "Shared adapter modules")."""
+"""Trainable adapters that map student maps onto teacher maps (docs/methods.md §1, "Shared adapter modules")."""
 
 from __future__ import annotations
 

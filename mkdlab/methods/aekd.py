@@ -25,11 +25,11 @@ class AEKDParams:
     """CA-MKD repo script ``-r 1 -a 1 -b 0 -C 0.6``: γ = α = 1, T = 4, cap C = 0.6.
 
     ``parity=True`` solves for the weights with the official scikit-learn ``OneClassSVM`` call on the raw Gram
-    matrix (methods.md §7 #2: on realistic KD gradients it returns its initial point, (0.6, 0.4, 0) for K = 3);
+    matrix (docs/methods.md §7 #2: on realistic KD gradients it returns its initial point, (0.6, 0.4, 0) for K = 3);
     the default solves the capped minimum-norm problem exactly. ``normalize`` is the official ``--svm_norm`` for
     the logit weights (off); ``feature_normalize`` the same for the hint weights (on, the official default there).
     ``variant="feature"`` adds AEKD-feature: one ConvReg per teacher on ``taps["hint"]`` and
-    β Σ_k α'_k MSE_k with β = ``hint_weight`` (100 is an [ASSUMPTION] of methods.md), off in epoch 1.
+    β Σ_k α'_k MSE_k with β = ``hint_weight`` (100: mkdlab's choice, docs/methods.md §4.9), off in epoch 1.
     """
 
     temperature: float = 4.0
@@ -52,7 +52,7 @@ def _batch_mean_gradients(losses: list[Tensor], wrt: Tensor) -> Tensor:
 
 @register_method("aekd")
 class AEKD(Distiller):
-    r"""Adaptive ensemble KD (methods.md §4.9).
+    r"""Adaptive ensemble KD (docs/methods.md §4.9).
 
     Per step: :math:`L_k = \frac1B\sum_b\ell^{KL}_T(z^s,z^k)_b`; :math:`\bar g_k = \frac1B\sum_b
     \partial L_k/\partial z^s_b` (``torch.autograd.grad`` w.r.t. the student logits, which the official code

@@ -1,4 +1,4 @@
-r"""AMTML-KD: adaptive multi-teacher multi-level KD (Liu, Zhang, Wang, Neurocomputing 2020; methods.md §5.1).
+r"""AMTML-KD: adaptive multi-teacher multi-level KD (Liu, Zhang, Wang, Neurocomputing 2020; docs/methods.md §5.1).
 
 Two insights, both on top of ordinary KD:
 
@@ -39,7 +39,7 @@ from mkdlab.models.summary import probe_shapes
 
 @dataclass(frozen=True)
 class AMTMLKDParams:
-    r"""Hyper-parameters of AMTML-KD. The defaults are mkdlab's "full AMTML-KD" (methods.md §5.1 item 2,
+    r"""Hyper-parameters of AMTML-KD. The defaults are mkdlab's "full AMTML-KD" (docs/methods.md §5.1 item 2,
     [ASSUMPTION]): soft target + RKD distance/angle + multi-group hints in both phases, regulariser in phase 1,
     batchmean KL and CE at T = 1 (the conventions of the other mkdlab multi-teacher methods, so that AVER-KD and
     CA-MKD compare on equal terms). The presets ``amtml_kd_*`` reproduce each official notebook (§7 #9, #10).
@@ -107,7 +107,7 @@ def _in_phase(which: str, adapter_phase: bool) -> bool:
 
 @register_method("amtml_kd")
 class AMTMLKD(Distiller):
-    r"""Adaptive multi-teacher multi-level KD (methods.md §5.1; parameters in :class:`AMTMLKDParams`).
+    r"""Adaptive multi-teacher multi-level KD (docs/methods.md §5.1; parameters in :class:`AMTMLKDParams`).
 
     .. math::
         s_{bk}=\sum_c v_{bc}\theta_{kc}W_c,\quad \mu_{b\cdot}=\mathrm{softmax}_k(s_{b\cdot}),\quad

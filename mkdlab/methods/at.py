@@ -16,7 +16,7 @@ from mkdlab.methods.registry import register_method
 
 @dataclass(frozen=True)
 class ATParams:
-    """RepDistiller/mdistiller AT (methods.md §4.3): β = 1000, CE weight 1, p = 2, no KD term."""
+    """RepDistiller/mdistiller AT (docs/methods.md §4.3): β = 1000, CE weight 1, p = 2, no KD term."""
 
     at_weight: float = 1000.0
     ce_weight: float = 1.0
@@ -25,7 +25,7 @@ class ATParams:
 
 @register_method("at")
 class AT(Distiller):
-    r"""Attention transfer on every stage output (methods.md §4.3):
+    r"""Attention transfer on every stage output (docs/methods.md §4.3):
 
     .. math::
         \mathcal L = \gamma\,\mathrm{CE}(z^s,y) + \beta\sum_\ell \frac{1}{B\,HW}\sum_{b,i}

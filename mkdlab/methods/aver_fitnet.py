@@ -1,4 +1,4 @@
-"""AVER-FitNet ("FitNet-MKD"): equal-weight multi-teacher KD plus one FitNet hint per teacher (methods.md §4.6)."""
+"""AVER-FitNet ("FitNet-MKD"): equal-weight multi-teacher KD plus one FitNet hint per teacher (docs/methods.md §4.6)."""
 
 from __future__ import annotations
 
@@ -21,7 +21,7 @@ from mkdlab.methods.registry import register_method
 class AverFitNetParams:
     """CA-MKD repo script ``-r 1 -a 1 -b 100``: γ = α = 1, β = 100, T = 4; hint term off in epoch 1.
 
-    ``parity=True`` reproduces the official detached hint term (methods.md §4.6 pitfall, §7 #1): the term is a
+    ``parity=True`` reproduces the official detached hint term (docs/methods.md §4.6 departure, §7 #1): the term is a
     constant, the regressors never receive a gradient, and the method is numerically AVER-KD.
     """
 
@@ -35,7 +35,7 @@ class AverFitNetParams:
 
 @register_method("aver_fitnet")
 class AverFitNet(Distiller):
-    r"""AVER-KD plus an equal-weight FitNet hint from every teacher (methods.md §4.6):
+    r"""AVER-KD plus an equal-weight FitNet hint from every teacher (docs/methods.md §4.6):
 
     .. math::
         \mathcal L = \gamma\,\mathrm{CE} + \alpha\,\frac1K\sum_k \frac1B\sum_b\ell^{KL}_T(z^s,z^k)_b

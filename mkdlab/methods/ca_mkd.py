@@ -1,4 +1,4 @@
-"""CA-MKD: confidence-aware multi-teacher KD (Zhang, Chen, Wang, ICASSP 2022; methods.md §4.8)."""
+"""CA-MKD: confidence-aware multi-teacher KD (Zhang, Chen, Wang, ICASSP 2022; docs/methods.md §4.8)."""
 
 from __future__ import annotations
 
@@ -30,7 +30,7 @@ class CAMKDParams:
     """CA-MKD repo script ``-r 1 -a 1 -b 50``: γ = α = 1, β = 50, T = 4; feature term off in epoch 1.
 
     ``parity=True`` reproduces the official cumulative resizing of the student map across heterogeneous teachers
-    (methods.md §4.8 pitfalls, §7 #13); identical to the default when every teacher map has the same size.
+    (docs/methods.md §4.8 departure, §7 #13); identical to the default when every teacher map has the same size.
     ``convs`` builds the three-conv Embed variant (not used by the official scripts).
     """
 
@@ -45,7 +45,7 @@ class CAMKDParams:
 
 @register_method("ca_mkd")
 class CAMKD(Distiller):
-    r"""Confidence-aware multi-teacher KD (methods.md §4.8).
+    r"""Confidence-aware multi-teacher KD (docs/methods.md §4.8).
 
     Logit branch, with :func:`~mkdlab.losses.weightings.confidence_weights` (teacher cross-entropies, constants):
 
@@ -54,7 +54,7 @@ class CAMKD(Distiller):
         \mathcal L_{KD} = \frac1{BK}\sum_{b,k} w_{kb}\,\ell^{KL}_T(z^s,z^k)_b
 
     The weights sum to 1 and the loss divides by :math:`K` once more — kept as in the official code (effective
-    KD coefficient :math:`1/K`, methods.md §1). This branch is the weighted KD of ``aver_kd`` and ``ebkd``
+    KD coefficient :math:`1/K`, docs/methods.md §1). This branch is the weighted KD of ``aver_kd`` and ``ebkd``
     (:func:`~mkdlab.losses.multi_teacher.weighted_kd`, :class:`~mkdlab.methods.weighted_kd.WeightedKD`) with the
     registry's ``confidence`` weighting and that extra :math:`1/K` (``mean_over_teachers``).
 

@@ -1,4 +1,4 @@
-"""DE-MKD: decoupled multi-teacher KD based on entropy (Cheng et al., Mathematics 2024; methods.md §5.2).
+"""DE-MKD: decoupled multi-teacher KD based on entropy (Cheng et al., Mathematics 2024; docs/methods.md §5.2).
 
 No official code exists; DE-MKD is built on the CA-MKD-repo conventions (entropy weights of EBKD, per-teacher
 ConvRegs on the hint map, per-sample MSE) plus mdistiller's DKD. The method's loss pieces are pure functions of
@@ -32,7 +32,7 @@ class DEMKDParams:
     r"""The paper's hyper-parameters (§4.2 of Cheng et al.): τ = 4, γ = 1 (CE), α = 1 (KD), β = 100 (features),
     a = 1 (TCKD), b = 8 (NCKD).
 
-    Open choices (methods.md §5.2 pitfalls):
+    Open choices (docs/methods.md §5.2 pitfalls):
 
     * ``weight_norm``: the entropy weights :math:`w_{kb}=1-H_{kb}/\sum_jH_{jb}` sum to :math:`K-1`; the effective
       weights :math:`\tilde w` are ``"literal"`` (:math:`w`, sum :math:`K-1`), ``"per_K"`` (:math:`w/K`, the
@@ -78,7 +78,7 @@ class DEMKDParams:
 
 @register_method("de_mkd")
 class DEMKD(Distiller):
-    r"""Decoupled multi-teacher KD based on entropy (methods.md §5.2, paper Eqs. 3–7):
+    r"""Decoupled multi-teacher KD based on entropy (docs/methods.md §5.2, paper Eqs. 3–7):
 
     .. math::
         H_{kb} = -\sum_c p^k_{bc}\log p^k_{bc},\qquad w_{kb} = 1-\frac{H_{kb}}{\sum_j H_{jb}},\qquad

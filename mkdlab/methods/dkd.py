@@ -15,7 +15,7 @@ from mkdlab.typed import ConfigError
 
 @dataclass(frozen=True)
 class DKDParams:
-    """mdistiller's DKD config (methods.md §4.4): α = 1, β = 8, T = 4, CE weight 1, 20 warm-up epochs."""
+    """mdistiller's DKD config (docs/methods.md §4.4): α = 1, β = 8, T = 4, CE weight 1, 20 warm-up epochs."""
 
     alpha: float = 1.0
     beta: float = 8.0
@@ -33,7 +33,7 @@ class DKDParams:
 
 @register_method("dkd")
 class DKD(Distiller):
-    r"""Decoupled KD (mdistiller ``DKD``, methods.md §4.4):
+    r"""Decoupled KD (mdistiller ``DKD``, docs/methods.md §4.4):
 
     .. math::
         \mathcal L = \gamma\,\mathrm{CE}(z^s,y)

@@ -1,4 +1,4 @@
-r"""DTSKD: dual teachers for self-knowledge distillation (Li et al., Pattern Recognition 2024; methods.md §5.5).
+r"""DTSKD: dual teachers for self-knowledge distillation (Li et al., Pattern Recognition 2024; docs/methods.md §5.5).
 
 No pretrained teacher: the student network grows light top-down branches
 (:class:`~mkdlab.models.branches.TopDownBranches`) and every output is taught by two teachers made of the network
@@ -45,7 +45,7 @@ PAPER_EPOCHS = 300
 
 @dataclass(frozen=True)
 class DTSKDParams:
-    r"""The official run script (methods.md §5.5): ``--HSKD 1``, backbone/branch weights 3/1/1/1,
+    r"""The official run script (docs/methods.md §5.5): ``--HSKD 1``, backbone/branch weights 3/1/1/1,
     ``ce_weight`` 0.2, ``kd_weight`` 0.8, cosine α from 0.9 to 0, T = 4.
 
     * ``hskd``: with the historical teacher, :math:`\mathcal L = w_{ce}\mathcal L_{hist} + w_{kd}\mathcal L_{str}`;
@@ -61,7 +61,7 @@ class DTSKDParams:
       A method driven by hand, without a trainer, uses the paper's E = 300 (:data:`PAPER_EPOCHS`).
     * ``detach_structural_teacher``: stop the structural loss's gradient into the backbone output (official: not
       detached).
-    * ``parity``: the released single-GPU code never writes the memory banks (methods.md §5.5 pitfalls, §7 #6), so
+    * ``parity``: the released single-GPU code never writes the memory banks (docs/methods.md §5.5 departure, §7 #6), so
       its historical targets stay one-hot: :math:`\mathcal L_{hist}` is a weighted CE (up to the :math:`10^{-7}`
       smoothing). ``parity=True`` reproduces that; the default updates the banks after every step.
     """
@@ -93,7 +93,7 @@ class DTSKDParams:
 
 @register_method("dtskd")
 class DTSKD(Distiller):
-    r"""Dual-teacher self-KD on a multi-branch student (methods.md §5.5; parameters in :class:`DTSKDParams`).
+    r"""Dual-teacher self-KD on a multi-branch student (docs/methods.md §5.5; parameters in :class:`DTSKDParams`).
 
     Outputs :math:`z` (backbone) and :math:`z_1..z_{N-1}` (:class:`~mkdlab.models.branches.TopDownBranches` on
     the student's stages, ``self.branches``). With :math:`q^{(j)}` =

@@ -3,7 +3,7 @@
 * :func:`tap_shape`, :func:`hint_regressors`: adapters sized from the maps a tap names — one FitNet
   :class:`~mkdlab.methods.adapters.ConvReg` per teacher, sized with :func:`~mkdlab.models.summary.probe_shapes`
   (``"hint"`` = RepDistiller's ``feat[2]``);
-* :func:`feature_term_active`: the CA-MKD repo switches feature terms off during the first epoch (methods.md §2,
+* :func:`feature_term_active`: the CA-MKD repo switches feature terms off during the first epoch (docs/methods.md §2,
   §7 #4); ``feature_warmup_epochs`` generalises it;
 * :func:`zero_term`: the value logged for a switched-off term (a constant: no graph, so adapters get no gradient).
 

@@ -19,7 +19,7 @@ from mkdlab.models.summary import probe_shapes
 
 @dataclass(frozen=True)
 class FitNetParams:
-    """RepDistiller/mdistiller FitNet (methods.md §4.2): hint weight β = 100, CE weight 1, no KD term."""
+    """RepDistiller/mdistiller FitNet (docs/methods.md §4.2): hint weight β = 100, CE weight 1, no KD term."""
 
     hint_weight: float = 100.0
     ce_weight: float = 1.0
@@ -30,7 +30,7 @@ class FitNetParams:
 
 @register_method("fitnet")
 class FitNet(Distiller):
-    r"""FitNet hints, trained jointly in one stage (methods.md §4.2):
+    r"""FitNet hints, trained jointly in one stage (docs/methods.md §4.2):
 
     .. math::
         \mathcal L = \gamma\,\mathrm{CE}(z^s,y) + \beta\,\mathrm{MSE}_{\mathrm{mean}}\big(r(F^s_2), F^t_2\big)

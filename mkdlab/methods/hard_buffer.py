@@ -1,6 +1,6 @@
 """MMKD's hard buffer: recently misclassified training images, the "validation set" of its meta step.
 
-Official behaviour (``dataset/buffer.py``, methods.md §5.3): a fixed capacity (256) of augmented images and their
+Official behaviour (``dataset/buffer.py``, docs/methods.md §5.3): a fixed capacity (256) of augmented images and their
 labels kept on the training device; while it is not full, every training batch is appended whole; once it is full,
 after every training step the batch's misclassified samples (student argmax ≠ label) overwrite randomly chosen,
 distinct slots. Images, labels, the fill count (and any extra per-sample fields) are buffers, so run checkpoints

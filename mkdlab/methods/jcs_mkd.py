@@ -1,5 +1,5 @@
 r"""JCS-MKD: joint class-attention knowledge and self-knowledge for multi-teacher KD (Ding et al., EAAI 2025;
-methods.md §5.4, README seed 000).
+docs/methods.md §5.4, README seed 000).
 
 The student learns the teachers' *class activation maps* (CAT-KD's class attention transfer, weighted per sample
 with CA-MKD's confidence weights) and teaches itself with USKD's decoupled soft labels (a customised target-class
@@ -29,7 +29,7 @@ from mkdlab.typed import ConfigError
 
 @dataclass(frozen=True)
 class JCSMKDParams:
-    r"""Hyper-parameters of JCS-MKD (methods.md §5.4 item 4, §7 #5, #10, #11).
+    r"""Hyper-parameters of JCS-MKD (docs/methods.md §5.4 item 4, §7 #5, #10, #11).
 
     Total loss :math:`\lambda_{CE}\mathrm{CE} + \lambda_{CAT}\mathcal L_{CAT} + w_{self}\,(\alpha_t\mathcal L_t
     + \beta_{nt}\mathcal L_{nt} + \mu\,\mathcal L_{weak})` with ``ce_weight`` = :math:`\lambda_{CE}`,
@@ -37,7 +37,7 @@ class JCSMKDParams:
     ``nontarget_weight`` = :math:`\beta_{nt}` = 0.1, ``weak_weight`` = :math:`\mu` = 0.005 (hard-coded in the
     official code), ``weak_smoothing`` = 0.1 (the weak head's label smoothing), ``cam_resolution`` = 2.
 
-    ``cat_weight`` and ``normalize`` come as a pair (methods.md §7 #11): ``None`` picks (15, un-normalised CAMs)
+    ``cat_weight`` and ``normalize`` come as a pair (docs/methods.md §7 #11): ``None`` picks (15, un-normalised CAMs)
     — the shipped YAML, mkdlab's default — or, with ``parity``, (400, normalised) — the code defaults the official
     run actually used. Set both explicitly to mix.
 
@@ -84,7 +84,7 @@ class JCSMKDParams:
 
 @register_method("jcs_mkd")
 class JCSMKD(Distiller):
-    r"""JCS-MKD (Ding et al., EAAI 2025; methods.md §5.4; parameters in :class:`JCSMKDParams`).
+    r"""JCS-MKD (Ding et al., EAAI 2025; docs/methods.md §5.4; parameters in :class:`JCSMKDParams`).
 
     CAMs (:func:`~mkdlab.cam.class_activation_maps`, bias-free) of the student :math:`A^s` and of each teacher
     :math:`A^k` at their ``taps["last_map"]``. Teacher weights (CA-MKD's, :func:`confidence_weights`):

@@ -15,7 +15,7 @@ from mkdlab.methods.registry import register_method
 
 @dataclass(frozen=True)
 class KDParams:
-    """Coefficients of RepDistiller's KD script (methods.md §4.1): γ = 0.1 for CE, α = 0.9 for KD, T = 4."""
+    """Coefficients of RepDistiller's KD script (docs/methods.md §4.1): γ = 0.1 for CE, α = 0.9 for KD, T = 4."""
 
     temperature: float = 4.0
     ce_weight: float = 0.1
@@ -25,7 +25,7 @@ class KDParams:
 @register_method("kd")
 class KD(Distiller):
     r"""Single-teacher KD: :math:`\mathcal L = \gamma\,\mathrm{CE}(z^s,y) + \alpha\,\frac1B\sum_b T^2\,
-    \mathrm{KL}(p^t_{T,b}\,\|\,p^s_{T,b})` (methods.md §4.1)."""
+    \mathrm{KL}(p^t_{T,b}\,\|\,p^s_{T,b})` (docs/methods.md §4.1)."""
 
     Params = KDParams
     teachers_required = "one"

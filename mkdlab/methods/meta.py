@@ -1,4 +1,4 @@
-r"""Hypergradients through a few virtual SGD steps (bi-level optimisation, used by MMKD; methods.md §5.3).
+r"""Hypergradients through a few virtual SGD steps (bi-level optimisation, used by MMKD; docs/methods.md §5.3).
 
 A *look-ahead* takes :math:`M` SGD steps from the parameters :math:`\theta_0` (and momentum buffers :math:`m_0`)
 on inner losses :math:`L_i(\theta;\phi)` that depend on hyper-parameters :math:`\phi` (MMKD: its weight networks),
@@ -12,7 +12,7 @@ model or optimiser is touched, so the look-ahead is virtual by construction.
   states for a reverse recursion;
 * :func:`unrolled_hypergradient` differentiates the kept graph: exact for plain and Nesterov momentum alike;
 * :func:`reverse_hg_hypergradient` is the Reverse-HG recursion of Franceschi et al. (ICML 2017) as the official
-  MMKD code runs it (heavy-ball momentum assumed): exact without Nesterov, approximate with it (methods.md §7 #8);
+  MMKD code runs it (heavy-ball momentum assumed): exact without Nesterov, approximate with it (docs/methods.md §7 #8);
 * :class:`TwiceDifferentiableBatchNorm` makes the second-order passes through training-mode batch norm cheaper.
 
 An inner step is given as a :data:`GradFn`: ``grad_fn(params, create_graph)`` returns the inner gradient
@@ -134,7 +134,7 @@ def unrolled_hypergradient(trajectory: Trajectory, hparams: Sequence[Tensor]) ->
 def reverse_hg_hypergradient(trajectory: Trajectory, grad_fns: Sequence[GradFn], settings: Sequence[SGDSettings],
                              hparams: Sequence[Tensor]) -> list[Tensor]:
     r"""The official MMKD Reverse-HG recursion (Franceschi et al. 2017) over a non-differentiable
-    :func:`look_ahead` (methods.md §5.3, item 3.4).
+    :func:`look_ahead` (docs/methods.md §5.3, item 3.4).
 
     With adjoints :math:`a_0=\partial E/\partial\theta_M`, :math:`a_1=0`, for each step :math:`i` in reverse order:
     recompute :math:`g=\nabla_\theta L_i(\theta_i)` with its graph, form

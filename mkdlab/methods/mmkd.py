@@ -1,4 +1,4 @@
-r"""MMKD: adaptive multi-teacher KD with meta-learning (Zhang, Chen, Wang, ICME 2023; methods.md §5.3).
+r"""MMKD: adaptive multi-teacher KD with meta-learning (Zhang, Chen, Wang, ICME 2023; docs/methods.md §5.3).
 
 Two small *meta-weight networks* give every sample its own teacher weights, one set for the logits and one for the
 features. They are not trained by the student's loss but by a bi-level update: every ``meta_freq`` steps a virtual
@@ -53,7 +53,7 @@ class MMKDParams:
 
     * Loss of the student step: ``ce_weight``·CE + ``kd_weight``·:math:`\mathcal L_r` + ``feat_weight``
       (:math:`\beta`)·:math:`\mathcal L_f`, :math:`T` = ``temperature``. (The paper's Eq. 9 swaps the names
-      :math:`\alpha,\beta`; the code's :math:`\beta` weights the features, methods.md §7 #14.)
+      :math:`\alpha,\beta`; the code's :math:`\beta` weights the features, docs/methods.md §7 #14.)
     * ``lookahead``: the kinds of the virtual steps of a meta update, ``"match"``
       (``kd_weight``·:math:`\mathcal L_r` + ``feat_weight``·:math:`\mathcal L_f`, no CE), ``"ce"``
       (``ce_weight``·CE) or ``"full"`` (the student loss); official: two matching steps then one CE step.
@@ -72,7 +72,7 @@ class MMKDParams:
       hypergradients into full-size steps. Where the saturation underflows to exact 0/1 the embeds of the
       teachers weighted 0 get no gradient at all. Hence the normalised default.
     * ``convs``: the three-conv :class:`~mkdlab.methods.adapters.Embed` (the official ``--convs`` flag has no
-      effect, methods.md §7 #7).
+      effect, docs/methods.md §7 #7).
     * ``hypergradient``: ``"unroll"`` (exact) or ``"reverse_hg"`` (the official recursion, §7 #8);
       ``input_order``: weight-network inputs ``"student_first"`` (paper Eq. 1, 4) or ``"teachers_first"``
       (official code). For these and ``gram_norm``, ``None`` follows ``parity``.
@@ -116,7 +116,7 @@ class MMKDParams:
 
 @register_method("mmkd")
 class MMKD(Distiller):
-    r"""Adaptive multi-teacher KD with meta-learning (methods.md §5.3; parameters in :class:`MMKDParams`).
+    r"""Adaptive multi-teacher KD with meta-learning (docs/methods.md §5.3; parameters in :class:`MMKDParams`).
 
     **Student step** (``forward_train``), on the student's and teachers' ``taps["penultimate_mmkd"]`` maps
     :math:`F^s, F^k` (MMKD's ``feat[-2]``):

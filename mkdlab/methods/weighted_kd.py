@@ -4,12 +4,12 @@ r"""Weighted multi-teacher KD: one method, any per-sample teacher weighting; AVE
     \mathcal L = \gamma\,\mathrm{CE}(z^s, y) + \alpha\,\frac1B\sum_b\sum_k w_{bk}\,\ell^{KL}_T(z^s,z^k)_b,\qquad
     w = \mathrm{weighting}(z^{1..K}, y)
 
-(:func:`~mkdlab.losses.multi_teacher.weighted_kd`, methods.md §1). AVER-KD and EBKD differ only in the weighting,
+(:func:`~mkdlab.losses.multi_teacher.weighted_kd`, docs/methods.md §1). AVER-KD and EBKD differ only in the weighting,
 so they are this one class with another default (:func:`~mkdlab.losses.weightings.get_weighting` by name):
 
 * :class:`WeightedKD` (``weighted_kd``): the weighting by name, ``weighting`` + ``weighting_params``;
-* :class:`AverKD` (``aver_kd``): ``aver``, equal weights (methods.md §4.5);
-* :class:`EBKD` (``ebkd``): ``entropy`` with EBKD's parameters (methods.md §4.7).
+* :class:`AverKD` (``aver_kd``): ``aver``, equal weights (docs/methods.md §4.5);
+* :class:`EBKD` (``ebkd``): ``entropy`` with EBKD's parameters (docs/methods.md §4.7).
 
 CA-MKD's logit branch is the same loss with the ``confidence`` weighting and one more :math:`1/K`
 (:class:`~mkdlab.methods.ca_mkd.CAMKD`, which adds a feature branch).
@@ -66,7 +66,7 @@ class WeightedKDParams(KDCoefficients):
 
 @dataclass(frozen=True)
 class AverKDParams(KDCoefficients):
-    """AVER-KD as run in the CA-MKD repository (methods.md §4.5): γ = α = 1, T = 4, the ``aver`` weighting."""
+    """AVER-KD as run in the CA-MKD repository (docs/methods.md §4.5): γ = α = 1, T = 4, the ``aver`` weighting."""
 
     def build_weighting(self) -> BoundWeighting:
         return get_weighting("aver")
@@ -77,7 +77,7 @@ class EBKDParams(KDCoefficients):
     """CA-MKD repo script ``-r 1 -a 1 -b 0``: γ = α = 1, T = 4, entropies at temperature 1 (the ``entropy``
     weighting).
 
-    ``weight_norm`` sets the sum of the *effective* per-sample weights (methods.md §7 #3): ``"per_K"`` (default,
+    ``weight_norm`` sets the sum of the *effective* per-sample weights (docs/methods.md §7 #3): ``"per_K"`` (default,
     the official code: literal weights summing to K − 1, divided by K in the loss, so the sum is (K − 1)/K),
     ``"literal"`` (sum K − 1, EBKD/DE-MKD as written), ``"sum_to_one"`` or ``"softmax"`` (with ``rho``).
     """
@@ -98,7 +98,7 @@ class WeightedKD(Distiller):
 
     The weights depend on the teachers (and labels) only: constants. Terms ``"ce"``, ``"kd"``. Extras:
     ``"teacher_weights"`` — the applied weights normalised to sum 1 per sample (the mixture the student is pulled
-    towards, methods.md §1); ``"effective_teacher_weights"`` — the weights actually multiplying
+    towards, docs/methods.md §1); ``"effective_teacher_weights"`` — the weights actually multiplying
     :math:`\ell_{bk}`. A subclass whose weighting sums to 1 by construction (``weights_sum_to_one``) logs its
     weights as they are, as ``"teacher_weights"`` only.
     """
@@ -133,11 +133,11 @@ class WeightedKD(Distiller):
 
 @register_method("aver_kd")
 class AverKD(WeightedKD):
-    r"""Equal-weight multi-teacher KD, averaging the K losses (methods.md §4.5): :class:`WeightedKD` with ``aver``.
+    r"""Equal-weight multi-teacher KD, averaging the K losses (docs/methods.md §4.5): :class:`WeightedKD` with ``aver``.
 
     .. math:: \mathcal L = \gamma\,\mathrm{CE} + \alpha\,\frac1K\sum_k \frac1B\sum_b \ell^{KL}_T(z^s, z^k)_b
 
-    Its gradient equals KD towards the averaged teacher distribution (methods.md §1). Logs the (uniform) teacher
+    Its gradient equals KD towards the averaged teacher distribution (docs/methods.md §1). Logs the (uniform) teacher
     weights so it plots like the weighting methods.
     """
 
@@ -147,7 +147,7 @@ class AverKD(WeightedKD):
 
 @register_method("ebkd")
 class EBKD(WeightedKD):
-    r"""Entropy-weighted multi-teacher KD (Kwon et al., ICASSP 2020; methods.md §4.7): :class:`WeightedKD` with
+    r"""Entropy-weighted multi-teacher KD (Kwon et al., ICASSP 2020; docs/methods.md §4.7): :class:`WeightedKD` with
     ``entropy``.
 
     .. math::

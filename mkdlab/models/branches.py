@@ -1,4 +1,4 @@
-r"""DTSKD's top-down auxiliary branches on any zoo backbone (Li et al., Pattern Recognition 2024; methods.md §5.5).
+r"""DTSKD's top-down auxiliary branches on any zoo backbone (Li et al., Pattern Recognition 2024; docs/methods.md §5.5).
 
 The official ``models/resnet_dtskd.py`` adds three light branches to the CIFAR ResNet-18, built top-down, FPN-like,
 from the backbone's own features. Everything after the backbone works on 1×1 maps:
