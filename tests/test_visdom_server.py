@@ -7,8 +7,12 @@ import base64
 import hashlib
 import io
 import json
+import os
 import socket
+import subprocess
+import sys
 import tarfile
+import time
 from pathlib import Path
 
 import pytest
@@ -18,6 +22,7 @@ from mkdlab.engine import visdom_assets
 from mkdlab.engine.visdom_assets import FETCH_COMMAND, STAMP, AssetsError, NpmPackage, assets_problem, fetch_assets
 
 pytest.importorskip("visdom")
+REPO = Path(__file__).resolve().parents[1]
 
 
 def _tarball(files: dict[str, bytes]) -> bytes:
@@ -71,8 +76,9 @@ def test_fetch_refuses_a_tampered_tarball_and_keeps_the_old_dir(tmp_path: Path, 
     fetch_assets(target, registry=registry[0], log=False)
     tarball = registry[1] / "lib" / "-" / "lib-1.0.0.tgz"
     tarball.write_bytes(_tarball({"dist/lib.min.js": b"var lib = 'evil';"}))
+    assert fetch_assets(target, registry=registry[0], log=False) == target.resolve()  # up to date: kept
     with pytest.raises(AssetsError, match="does not match its pinned sha512"):
-        fetch_assets(target, registry=registry[0], log=False)
+        fetch_assets(target, registry=registry[0], log=False, force=True)
     assert (target / "js" / "lib.min.js").read_bytes() == b"var lib = 1;" and assets_problem(target) is None
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".visdom-static-")] == []
 
@@ -115,3 +121,53 @@ def test_port_in_use(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None
         port = busy.getsockname()[1]
         err = _error(capsys, "--api-only", "--port", str(port), "--env-path", str(tmp_path / "envs"))
     assert f"port {port} on 127.0.0.1 is in use" in err and "--port" in err
+
+
+@pytest.mark.slow
+def test_login_guards_the_server_and_training_logs_in(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """With VISDOM_USERNAME/VISDOM_PASSWORD the server asks for visdom's login (here on the loopback; the same
+    holds for ``--host 0.0.0.0``), and the training logger logs in with the same variables."""
+    import urllib.error
+    import urllib.request
+
+    from mkdlab.engine.visdom_logger import VisdomLogger, VisdomUnavailableWarning, probe_http
+
+    with socket.socket() as free:
+        free.bind(("127.0.0.1", 0))
+        port = free.getsockname()[1]
+    env = {**os.environ, "HOME": str(tmp_path), "VISDOM_USERNAME": "ada", "VISDOM_PASSWORD": "s3cret",
+           "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
+    log_path = tmp_path / "server.log"
+    with open(log_path, "w") as log:
+        proc = subprocess.Popen([sys.executable, "-u", "-m", "mkdlab", "visdom", "--api-only", "--port", str(port),
+                                 "--env-path", str(tmp_path / "envs")], stdout=log, stderr=subprocess.STDOUT, env=env)
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                probe_http("127.0.0.1", port, 1.0)
+                break
+            except OSError:
+                assert proc.poll() is None and time.monotonic() < deadline, log_path.read_text()
+                time.sleep(0.2)
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=10) as page:
+            assert b'type="password"' in page.read()  # the login form, not the dashboard
+        with pytest.raises(urllib.error.HTTPError, match="400"):
+            urllib.request.urlopen(urllib.request.Request(f"http://127.0.0.1:{port}/win_exists", data=b"{}"),
+                                   timeout=10)
+        assert (tmp_path / ".visdom" / "COOKIE_SECRET").stat().st_mode & 0o077 == 0
+        monkeypatch.setenv("VISDOM_USERNAME", "ada")
+        monkeypatch.setenv("VISDOM_PASSWORD", "s3cret")
+        vis = VisdomLogger(port=port, env="login_test", timeout=5.0, run_name="r")
+        vis.log_epoch(1, {"epoch": 1, "test_top1": 42.0})
+        vis.close()
+        assert vis.dropped == 0 and not vis._warned  # sent, never disabled
+        assert vis._vis.win_exists("r/top1", env="login_test")
+        monkeypatch.setenv("VISDOM_PASSWORD", "wrong")
+        with pytest.warns(VisdomUnavailableWarning, match="refused the login of 'ada'"):
+            refused = VisdomLogger(port=port, env="login_test", timeout=5.0, run_name="r")
+        assert not refused.enabled
+    finally:
+        proc.terminate()
+        proc.wait(10)
+    assert "Traceback" not in log_path.read_text()

@@ -209,13 +209,18 @@ def _extract(package: NpmPackage, data: bytes, static: Path) -> int:
 
 
 def fetch_assets(assets_dir: Path | None = None, *, registry: str | None = None, timeout: float = 60.0,
-                 log: bool = True) -> Path:
-    """Write the complete static directory to ``assets_dir`` (default :func:`default_assets_dir`).
+                 log: bool = True, force: bool = False) -> Path:
+    """Write the complete static directory to ``assets_dir`` (default :func:`default_assets_dir`); a directory
+    already fetched for this visdom and package list is kept unless ``force``.
 
     It is built in a sibling temporary folder and moved into place at the end, so an interrupted or failed fetch
     leaves the previous directory (or none) and never a half-filled one.
     """
     target = Path(assets_dir or default_assets_dir()).expanduser().resolve()
+    if not force and assets_problem(target) is None:
+        if log:
+            print(f"  already fetched for this visdom (delete {target} to fetch again)", flush=True)
+        return target
     registry = registry or os.environ.get("MKDLAB_NPM_REGISTRY") or DEFAULT_REGISTRY
     if target.exists() and any(target.iterdir()) and not (target / STAMP).is_file():
         raise AssetsError(f"{target} is not empty and holds no earlier fetch ({STAMP}): name an empty or new "
