@@ -191,8 +191,21 @@ def _parser() -> argparse.ArgumentParser:
     _renamed(reproduce, "--list", "`python -m mkdlab list studies`")
     reproduce.set_defaults(func=_cmd_reproduce)
 
-    visdom = sub.add_parser("visdom", help="start a visdom server on 127.0.0.1 that works offline")
-    visdom.add_argument("--port", type=int, default=8097)
+    visdom = sub.add_parser("visdom", help="the visdom dashboard, offline (fetch its web assets once: --fetch-assets)",
+                            description="Serve the visdom dashboard from web assets fetched once from the npm "
+                            "registry (--fetch-assets). It binds 127.0.0.1; another --host needs VISDOM_USERNAME and "
+                            "VISDOM_PASSWORD in the environment (visdom's login).")
+    visdom.add_argument("--fetch-assets", action="store_true",
+                        help="download the page's JS/CSS/fonts from npm packages into --assets-dir, then exit")
+    visdom.add_argument("--port", type=int, default=8097, help="port to listen on (default 8097)")
+    visdom.add_argument("--host", default="127.0.0.1",
+                        help="address to bind (default 127.0.0.1; any other needs VISDOM_USERNAME/VISDOM_PASSWORD)")
+    visdom.add_argument("--env-path", type=Path, default=None, metavar="DIR",
+                        help="where visdom saves environments (default ~/.visdom)")
+    visdom.add_argument("--assets-dir", type=Path, default=None, metavar="DIR",
+                        help="the fetched web assets (default $MKDLAB_VISDOM_ASSETS or ~/.cache/mkdlab/visdom-static)")
+    visdom.add_argument("--api-only", action="store_true",
+                        help="serve only the HTTP API training logs to, without the web page (no assets needed)")
     visdom.set_defaults(func=_cmd_visdom)
     return parser
 
@@ -322,6 +335,12 @@ def _executor(args: argparse.Namespace) -> Any:
 
 
 def _cmd_visdom(args: argparse.Namespace) -> int:
-    from mkdlab.engine.visdom_server import main as visdom_main
+    if args.fetch_assets:
+        from mkdlab.engine.visdom_assets import fetch_assets
 
-    return int(visdom_main(["--port", str(args.port)]) or 0)
+        print("fetching visdom's web assets from the npm registry:", flush=True)
+        print(f"visdom assets: {fetch_assets(args.assets_dir)}")
+        return 0
+    from mkdlab.engine.visdom_server import serve
+
+    return serve(args.port, args.host, args.env_path, args.assets_dir, api_only=args.api_only)

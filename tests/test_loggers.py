@@ -166,7 +166,7 @@ def _assert_single_fallback(port: int, limit: float) -> None:
     found = _visdom_warnings(caught)
     assert len(found) == 1, [str(w.message) for w in caught]
     message = str(found[0].message)
-    assert f"127.0.0.1:{port}" in message and "python -m mkdlab.engine.visdom_server" in message
+    assert f"127.0.0.1:{port}" in message and f"`python -m mkdlab visdom --port {port}`" in message
     assert [w for w in caught if w not in found] == []
 
 
@@ -221,7 +221,7 @@ def test_probe_rejects_silent_port(silent_port: int) -> None:
 
 @pytest.fixture(scope="module")
 def visdom_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[int]:
-    """``python -m mkdlab.engine.visdom_server`` on a free port, terminated afterwards."""
+    """``python -m mkdlab visdom --api-only`` on a free port, terminated afterwards."""
     pytest.importorskip("visdom")
     tmp_path = tmp_path_factory.mktemp("visdom")
     port = _free_port()
@@ -229,12 +229,12 @@ def visdom_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[int]:
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
     with open(log_path, "w") as log:
         proc = subprocess.Popen(
-            [sys.executable, "-u", "-m", "mkdlab.engine.visdom_server", "--port", str(port),
+            [sys.executable, "-u", "-m", "mkdlab", "visdom", "--api-only", "--port", str(port),
              "--env-path", str(tmp_path / "envs")],
             stdout=log, stderr=subprocess.STDOUT, cwd=REPO, env=env,
         )
     try:
-        deadline = time.monotonic() + 30
+        deadline = time.monotonic() + 60
         while True:
             try:
                 probe_http("127.0.0.1", port, 1.0)

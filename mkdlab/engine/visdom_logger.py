@@ -2,7 +2,8 @@
 
 The server is probed with a hard deadline before the client is built, every HTTP request carries a timeout, and
 plots are sent by a daemon thread through a bounded queue that drops points when full. Any failure turns the
-logger into a no-op after a single :class:`VisdomUnavailableWarning`. ``<split>_<curve>`` keys (split in
+logger into a no-op after a single :class:`VisdomUnavailableWarning`. A server with visdom's login is logged
+into with ``VISDOM_USERNAME``/``VISDOM_PASSWORD``. ``<split>_<curve>`` keys (split in
 train/test/val/best, curve in loss/top1/top5) are trace ``<split>`` of window ``<curve>``; other ``train_*``/
 ``test_*`` keys are traces of the ``loss terms`` window; any other numeric key gets its own window.
 """
@@ -12,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
+import os
 import queue
 import socket
 import ssl
@@ -24,7 +26,7 @@ from urllib.parse import urlsplit
 
 from mkdlab.engine.logger_base import Logger
 
-__all__ = ["VisdomLogger", "VisdomUnavailableWarning", "probe_http"]
+__all__ = ["VisdomLogger", "VisdomUnavailableWarning", "credentials_from_env", "probe_http"]
 
 _SPLITS = frozenset({"train", "test", "val"})
 _CURVES = frozenset({"loss", "top1", "top5"})
@@ -81,6 +83,17 @@ class _DropVisdomChatter(logging.Filter):
         return record.levelno >= logging.ERROR
 
 
+def credentials_from_env() -> tuple[str, str] | None:
+    """``(VISDOM_USERNAME, VISDOM_PASSWORD)`` when both are set and non-empty (visdom's login), else ``None``."""
+    username, password = os.environ.get("VISDOM_USERNAME", ""), os.environ.get("VISDOM_PASSWORD", "")
+    return (username, password) if username and password else None
+
+
+def _credentials() -> dict[str, str]:
+    found = credentials_from_env()
+    return {"username": found[0], "password": found[1]} if found else {}
+
+
 def _make_client(
     server: str, port: int, env: str, timeout: float, bypass_proxy: bool
 ) -> Any:
@@ -102,6 +115,12 @@ def _make_client(
                 sess = requests.Session()
                 if bypass_proxy:
                     sess.trust_env = False
+                if self.username:  # visdom's login: its client posts the SHA-256 of the password to "/"
+                    reply = sess.post(f"{self.server}:{self.port}{self.base_url}", timeout=self._request_timeout,
+                                      json={"username": self.username, "password": self.password})
+                    if reply.status_code != requests.codes.ok:
+                        raise ConnectionError(f"visdom refused the login of {self.username!r} "
+                                              "(VISDOM_USERNAME/VISDOM_PASSWORD)")
                 self._bounded_session = sess
             return self._bounded_session
 
@@ -126,6 +145,7 @@ def _make_client(
                 env=env,
                 raise_exceptions=True,
                 use_incoming_socket=False,
+                **_credentials(),
             )
             check = getattr(client, "check_connection", None)
             if check is not None and not check(timeout_seconds=0):
@@ -199,8 +219,7 @@ class VisdomLogger(Logger):
         what = f"visdom is unreachable at {self.url}" if unreachable else "visdom is unavailable"
         warnings.warn(
             f"{what} ({reason}); training continues with the file logger only. "
-            f"Start a local server with `python -m mkdlab.engine.visdom_server --port "
-            f"{urlsplit(self.url).port}`.",
+            f"Start a local server with `python -m mkdlab visdom --port {urlsplit(self.url).port}`.",
             VisdomUnavailableWarning,
             stacklevel=3,
         )
@@ -255,6 +274,8 @@ class VisdomLogger(Logger):
         for name, traces in groups.items():
             title = f"{name} ({self.run_name})" if self.run_name else name
             opts = {"title": title, "xlabel": xlabel, "ylabel": name, "showlegend": True}
+            if xlabel == "epoch":  # a line of one point is invisible: mark each epoch, so the first one shows
+                opts.update(markers=True, markersize=6)
             for trace, value in traces.items():
                 self._vis.line(
                     Y=np.array([value]),
