@@ -13,6 +13,16 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
 
+def line_styles(count: int) -> list[tuple[Any, str]]:
+    """``count`` distinct (colour, line style) pairs: solid lines in the ten ``tab10`` colours up to ten curves; beyond
+    that the twenty ``tab20`` colours, and the line style cycles through solid, dashed, dash-dot and dotted, so that
+    no two curves look alike (matplotlib's default cycle repeats its ten colours)."""
+    if count <= 10:
+        return [(plt.get_cmap("tab10")(i), "-") for i in range(count)]
+    palette, dashes = plt.get_cmap("tab20"), ("-", "--", "-.", ":")
+    return [(palette(i % 20), dashes[i % len(dashes)]) for i in range(count)]
+
+
 def plot_accuracy_curves(histories: Mapping[str, Sequence[Mapping[str, Any]]], *, metric: str = "test_top1",
                          ax: Axes | None = None, title: str = "Test accuracy") -> Axes:
     """One line per run of ``metric`` against the epoch (integer ticks), marking the last epoch with an open
@@ -23,13 +33,15 @@ def plot_accuracy_curves(histories: Mapping[str, Sequence[Mapping[str, Any]]], *
     if ax is None:
         _, ax = plt.subplots(figsize=(7, 4))
     seen: set[int] = set()
-    for label, rows in histories.items():
+    styles = line_styles(len(histories))
+    for (label, rows), (color, linestyle) in zip(histories.items(), styles, strict=True):
         points = [(row["epoch"], row[metric]) for row in rows if metric in row]
         if not points:
             continue
         epochs, values = zip(*points, strict=True)
         seen.update(epochs)
-        (line,) = ax.plot(epochs, values, label=f"{label} (last {values[-1]:.2f}, best {max(values):.2f})")
+        (line,) = ax.plot(epochs, values, color=color, linestyle=linestyle,
+                          label=f"{label} (last {values[-1]:.2f}, best {max(values):.2f})")
         best = max(range(len(values)), key=values.__getitem__)
         ax.plot(epochs[-1], values[-1], "o", markersize=13, markerfacecolor="none", markeredgewidth=1.5,
                 color=line.get_color())

@@ -20,7 +20,7 @@ LAYERS: dict[str, int] = {
     "engine": 3,
     "teachers": 4, "evaluation": 4,
     "experiment": 5, "reuse": 5,
-    "studies": 6, "listing": 6, "demo": 6, "bench": 6, "export": 6, "distributed": 6,
+    "studies": 6, "lesson": 6, "listing": 6, "demo": 6, "bench": 6, "export": 6, "distributed": 6,
     "cli": 7, "__main__": 7, "__init__": 7,
 }
 

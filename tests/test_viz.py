@@ -60,3 +60,16 @@ def test_weight_vs_correctness_splits_by_right_and_wrong():
 def test_unknown_kind_is_refused():
     with pytest.raises(ValueError, match="violin"):
         viz.plot_weight_distributions(torch.ones(2, 2) / 2, kind="pie")
+
+
+def test_accuracy_curves_stay_distinct_beyond_ten_runs():
+    histories = {f"run{i}": [{"epoch": 1, "test_top1": float(i)}, {"epoch": 2, "test_top1": float(i + 1)}]
+                 for i in range(15)}
+    ax = viz.plot_accuracy_curves(histories)
+    curves = ax.lines[::3]  # each run draws its curve, then the last-epoch circle and the best-epoch star
+    assert len(curves) == 15
+    looks = {(matplotlib.colors.to_hex(line.get_color()), line.get_linestyle()) for line in curves}
+    assert len(looks) == 15, "two of the 15 curves share colour and line style"
+    assert len({matplotlib.colors.to_hex(line.get_color()) for line in curves}) == 15
+    few = viz.plot_accuracy_curves(dict(list(histories.items())[:3]))
+    assert {line.get_linestyle() for line in few.lines[::3]} == {"-"}
