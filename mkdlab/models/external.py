@@ -16,6 +16,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from mkdlab.storage import code_refusal
+
 STATE_KEYS = ("model", "state_dict", "net")
 #: prefixes added by ``nn.DataParallel`` / DDP and by ``torch.compile``.
 PREFIXES = ("module.", "_orig_mod.")
@@ -40,8 +42,7 @@ def load_external_checkpoint(model: nn.Module, path_or_state: str | os.PathLike[
         try:
             checkpoint = torch.load(source, map_location="cpu", weights_only=True)
         except pickle.UnpicklingError as err:
-            reason = str(err).strip().splitlines()[0]
-            raise ValueError(f"{source}: refused by torch.load(weights_only=True): {reason}") from err
+            raise ValueError(f"{source}: {code_refusal(err)}") from err
     state, meta = _split(checkpoint, source)
     state = {_strip(key): value for key, value in state.items()}
     problems = _mismatches(model, state)
