@@ -173,8 +173,17 @@ def export_run(run_dir: str | Path, fmt: str, out: str | Path | None = None) -> 
     path = Path(out) if out is not None else run_dir / DEFAULT_NAMES[fmt]
     if path.is_dir():
         raise ExportError(f"--out {path} is a folder: give a file name, e.g. {path / DEFAULT_NAMES[fmt]}")
+    return write_model(model, fmt, path, metadata)
+
+
+def write_model(model: nn.Module, fmt: str, path: str | Path, metadata: Mapping[str, Any]) -> Exported:
+    """Write an eval-mode ``model`` (BN already folded) as ``fmt`` to ``path`` with ``metadata`` (which needs
+    ``"input_size"``) inside the file and in ``path.json``."""
+    if fmt not in FORMATS:
+        raise ExportError(f"unknown export format {fmt!r}: choose one of {', '.join(FORMATS)}")
+    path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    metadata["export_format"] = fmt
+    metadata = {**metadata, "export_format": fmt}
     example = torch.zeros(2, *metadata["input_size"])
     text = json.dumps(metadata, indent=2)
     if fmt == "onnx":
