@@ -25,6 +25,10 @@ class CheckpointError(RuntimeError):
     """A checkpoint cannot be read or does not fit the model it is loaded into."""
 
 
+class UnsafeCheckpointError(CheckpointError, ValueError):
+    """A file refused because it holds pickled code (:func:`code_refusal`); nothing in it ran."""
+
+
 def _replace_atomically(path: str | Path, write: Callable[[IO[bytes]], None]) -> Path:
     """Write ``path`` through a temporary file in its folder, flushed to disk, then renamed over it."""
     path = Path(path)
@@ -72,7 +76,7 @@ def load_safely(path: str | Path, map_location: str | torch.device = "cpu") -> A
     try:
         return torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as err:
-        raise CheckpointError(f"refusing to load {path}: {code_refusal(err)}") from None
+        raise UnsafeCheckpointError(f"refusing to load {path}: {code_refusal(err)}") from None
     except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError) as err:
         raise CheckpointError(
             f"checkpoint {path} is corrupt or truncated ({type(err).__name__}: {str(err).splitlines()[0]}); "

@@ -163,6 +163,7 @@ def test_a_checkpoint_holding_code_is_refused_saying_nothing_ran(monkeypatch, ca
     assert main(["teachers", "import", str(path), "--arch", "resnet8", "--dataset", "fashion_mnist_mini"]) == 2
     err = _one_line_error(capsys)
     assert "contains pickled code (it asks for posix.system)" in err and "nothing in it was run" in err
+    assert "MKDLAB_DEBUG" not in err  # a refusal, not a bug
     assert "weights_only=False" not in err and "weights_only` set to `False" not in err
     assert not marker.exists() and not (tmp_path / "home").exists()
 
