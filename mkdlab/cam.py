@@ -196,8 +196,8 @@ def grad_cam(model: nn.Module, images: Tensor, classes: Tensor | None = None, *,
         images: N×C×H×W (moved to the model's device).
         classes: N class indices to explain, or ``None`` for each image's predicted class.
         target_layer: the layer whose activations are weighted; default :func:`default_target_layer`. It must
-            be *called* during the forward: the zoo's stage containers (``layer2``) and the last block of a stage
-            are not (``forward_features`` runs blocks itself) — take a convolution or BN inside a block instead.
+            be *called* during the forward: every stage and block of the zoo is (``model.layer2``,
+            ``model.layer3[-1]``, ``model.block3.layer[-1]``, …; ``tests/test_cam_layers.py``).
         select: when ``model``'s forward does not return the logits tensor itself: index, key or function
             choosing it (:class:`LogitsOf`).
 
@@ -221,9 +221,8 @@ def grad_cam(model: nn.Module, images: Tensor, classes: Tensor | None = None, *,
         except AttributeError as error:
             if calls:
                 raise
-            raise ValueError(f"the target layer {type(layer).__name__} was never called during the forward (zoo "
-                             f"stages run their blocks one by one and call the last block's forward_preact): "
-                             f"choose a module that is called, e.g. a convolution or BN inside a block") from error
+            raise ValueError(f"the target layer {type(layer).__name__} was never called during the forward: "
+                             f"choose a module of this model that its forward runs, e.g. model.layer3[-1]") from error
         finally:
             handle.remove()
 

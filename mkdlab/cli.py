@@ -2,16 +2,18 @@
 every error a user can cause into one line ``mkdlab: error: …`` with exit code 2).
 
 Commands: ``demo`` (the main job), ``train`` (a preset with ``key=value`` overrides), ``eval``, ``teachers
-train|import``, ``list presets|studies|methods|models|teachers``, ``bench`` (images/second of one distillation
-step), ``reproduce`` (a study row: every column × seed, and its results table) and ``visdom`` (an offline visdom
-server on 127.0.0.1). Every command that trains or evaluates takes ``--device`` (``auto`` | ``cpu`` | ``cuda``),
-which for a config is the same as ``train.device=…``.
+train|import``, ``list presets|studies|methods|models|teachers``, ``export`` (a run's student as ONNX or
+TorchScript), ``bench`` (images/second of one distillation step), ``reproduce`` (a study row: every column × seed,
+and its results table) and ``visdom`` (an offline visdom server on 127.0.0.1). Every command that trains or
+evaluates takes ``--device`` (``auto`` | ``cpu`` | ``cuda``), which for a config is the same as
+``train.device=…``.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -43,6 +45,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (ConfigError, DatasetNotFoundError, CheckpointError, TeacherPoolError, NonFiniteLossError,
             StudyRunError) as err:
         print(f"mkdlab: error: {err}", file=sys.stderr)
+        return 2
+    except (ValueError, RuntimeError, FileNotFoundError) as err:  # any other a user can trigger: one line too
+        if os.environ.get("MKDLAB_DEBUG"):
+            raise
+        print(f"mkdlab: error: {' '.join(str(err).split())} (MKDLAB_DEBUG=1 shows the traceback)", file=sys.stderr)
         return 2
 
 
@@ -191,6 +198,14 @@ def _parser() -> argparse.ArgumentParser:
     _renamed(reproduce, "--list", "`python -m mkdlab list studies`")
     reproduce.set_defaults(func=_cmd_reproduce)
 
+    export = sub.add_parser("export", help="write a run's best student as ONNX or TorchScript (BN folded, its "
+                            "preprocessing in the file's metadata and a JSON sidecar)")
+    export.add_argument("--run", required=True, help="a finished run directory (its best_student.pt)")
+    export.add_argument("--format", required=True, metavar="FORMAT", help="onnx | torchscript")
+    export.add_argument("--out", default=None, metavar="FILE",
+                        help="the file to write (default RUN/student.onnx or RUN/student.torchscript.pt)")
+    export.set_defaults(func=_cmd_export)
+
     visdom = sub.add_parser("visdom", help="the visdom dashboard, offline (fetch its web assets once: --fetch-assets)",
                             description="Serve the visdom dashboard from web assets fetched once from the npm "
                             "registry (--fetch-assets). It binds 127.0.0.1; another --host needs VISDOM_USERNAME and "
@@ -332,6 +347,17 @@ def _executor(args: argparse.Namespace) -> Any:
     from mkdlab.studies.ray_executor import RayExecutor
 
     return RayExecutor(args.address, cpus_per_run=args.cpus_per_run, gpus_per_run=args.gpus_per_run)
+
+
+def _cmd_export(args: argparse.Namespace) -> int:
+    from mkdlab.export import export_run
+
+    done = export_run(Path(args.run), args.format, args.out)
+    meta = done.metadata
+    print(f"wrote {done.path} ({done.path.stat().st_size / 1e3:.0f} kB; {meta['student']} trained by "
+          f"{meta['method']}, best top-1 {meta['best_top1']}%, {meta['folded_batchnorms']} BatchNorms folded) "
+          f"and its metadata {done.sidecar}")
+    return 0
 
 
 def _cmd_visdom(args: argparse.Namespace) -> int:

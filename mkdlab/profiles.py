@@ -13,6 +13,8 @@ from __future__ import annotations
 import os
 from enum import Enum
 
+from mkdlab.typed import ConfigError
+
 
 class Profile(str, Enum):
     """How much compute a notebook or demo spends."""
@@ -32,4 +34,5 @@ def current_profile(environ: dict[str, str] | None = None) -> Profile:
         return Profile(name)
     except ValueError:
         valid = ", ".join(p.value for p in Profile)
-        raise ValueError(f"MKDLAB_PROFILE={name!r} is not a profile; choose one of: {valid}") from None
+        raise ConfigError(f"MKDLAB_PROFILE={name!r} is not a profile; choose one of: {valid} (or unset it: "
+                          f"quick, smoke under CI)") from None

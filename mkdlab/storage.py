@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import pickle
+import re
 import tempfile
 import zipfile
 from collections.abc import Callable
@@ -22,6 +23,10 @@ import torch
 
 class CheckpointError(RuntimeError):
     """A checkpoint cannot be read or does not fit the model it is loaded into."""
+
+
+class UnsafeCheckpointError(CheckpointError, ValueError):
+    """A file refused because it holds pickled code (:func:`code_refusal`); nothing in it ran."""
 
 
 def _replace_atomically(path: str | Path, write: Callable[[IO[bytes]], None]) -> Path:
@@ -51,6 +56,18 @@ def save_atomic_text(text: str, path: str | Path) -> Path:
     return _replace_atomically(path, lambda handle: handle.write(text.encode("utf-8")))
 
 
+def code_refusal(err: pickle.UnpicklingError) -> str:
+    """Why ``torch.load(weights_only=True)`` refused a file, without torch's advice to retry unsafely.
+
+    Names the object the pickle asks for (``GLOBAL posix.system``) when torch's message says which.
+    """
+    found = re.search(r"GLOBAL ([\w.]+)", str(err))
+    what = f" (it asks for {found.group(1)})" if found else ""
+    return (f"the file contains pickled code{what}, not only tensors and plain data, so it was refused and nothing "
+            f"in it was run (read with torch.load(weights_only=True)). If you trust its source, re-save the weights "
+            f"alone where it was made: torch.save(model.state_dict(), FILE)")
+
+
 def load_safely(path: str | Path, map_location: str | torch.device = "cpu") -> Any:
     """``torch.load`` with ``weights_only=True``; every failure becomes a :class:`CheckpointError` naming the file."""
     path = Path(path)
@@ -59,10 +76,7 @@ def load_safely(path: str | Path, map_location: str | torch.device = "cpu") -> A
     try:
         return torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as err:
-        raise CheckpointError(
-            f"refusing to load {path}: it contains objects other than tensors and plain data, which could run code "
-            f"({str(err).splitlines()[0]}). Only load checkpoints you trust, and re-save them as state dicts."
-        ) from None
+        raise UnsafeCheckpointError(f"refusing to load {path}: {code_refusal(err)}") from None
     except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError) as err:
         raise CheckpointError(
             f"checkpoint {path} is corrupt or truncated ({type(err).__name__}: {str(err).splitlines()[0]}); "

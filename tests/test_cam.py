@@ -126,8 +126,10 @@ def test_grad_cam_at_another_layer_and_a_clear_error_for_a_layer_that_never_runs
     net, x = model("resnet8"), images()
     inner = grad_cam(net, x, target_layer=net.layer2[-1].bn2)
     assert inner.shape == (3, 32, 32) and np.abs(inner - grad_cam(net, x)).max() > 0.05
+    stage = grad_cam(net, x, target_layer=net.layer2)  # a stage container is called by the forward (issue #17)
+    assert stage.shape == (3, 32, 32) and np.abs(stage - inner).max() > 0.05
     with pytest.raises(ValueError, match="never called"):
-        grad_cam(net, x, target_layer=net.layer2)  # stages run their blocks themselves
+        grad_cam(net, x, target_layer=nn.Conv2d(1, 1, 1))  # not part of the model
 
 
 def test_grad_cam_differs_between_classes():

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from mkdlab.cli import main
 from mkdlab.models import create
 from mkdlab.teachers import TeacherPool
 
@@ -129,3 +130,59 @@ def test_the_ray_executor_without_ray_says_how_to_install_it(monkeypatch, capsys
     assert "add --executor ray" in capsys.readouterr().err
     assert main(["reproduce", "compare_fmnist_mini", "--executor", "ray", "--jobs", "2"]) == 2
     assert "--jobs packs runs on this machine" in capsys.readouterr().err
+
+
+# -- every error a user can cause is one line (in-process: cheap) -------------------------------------------------
+class _Exploit:
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return os.system, (f"touch {self.marker}",)
+
+
+def _one_line_error(capsys) -> str:
+    captured = capsys.readouterr()
+    assert captured.err.startswith("mkdlab: error: ") and captured.err.count("\n") == 1, captured.err
+    assert "Traceback" not in captured.err
+    return captured.err
+
+
+def test_an_unknown_profile_names_the_valid_ones(monkeypatch, capsys, tmp_path):
+    monkeypatch.setenv("MKDLAB_PROFILE", "huge")
+    monkeypatch.chdir(tmp_path)
+    assert main(["demo"]) == 2
+    assert "MKDLAB_PROFILE='huge' is not a profile; choose one of: smoke, quick, full" in _one_line_error(capsys)
+    assert list(tmp_path.iterdir()) == []  # nothing was started
+
+
+def test_a_checkpoint_holding_code_is_refused_saying_nothing_ran(monkeypatch, capsys, tmp_path):
+    monkeypatch.setenv("MKDLAB_HOME", str(tmp_path / "home"))
+    marker, path = tmp_path / "pwned", tmp_path / "evil.pth"
+    torch.save({"model": {"fc.weight": _Exploit(marker)}}, path)
+    assert main(["teachers", "import", str(path), "--arch", "resnet8", "--dataset", "fashion_mnist_mini"]) == 2
+    err = _one_line_error(capsys)
+    assert "contains pickled code (it asks for posix.system)" in err and "nothing in it was run" in err
+    assert "MKDLAB_DEBUG" not in err  # a refusal, not a bug
+    assert "weights_only=False" not in err and "weights_only` set to `False" not in err
+    assert not marker.exists() and not (tmp_path / "home").exists()
+
+
+@pytest.mark.parametrize(("argv", "needle"), [
+    (["eval", "--run", "no/such/run"], "no/such/run/config.yaml not found"),
+    (["teachers", "import", "no/such/file.pth", "--arch", "resnet8", "--dataset", "fashion_mnist_mini"],
+     "no/such/file.pth"),
+    (["teachers", "import", "x.pth", "--arch", "resnet9", "--dataset", "fashion_mnist_mini"], "unknown model"),
+    (["bench", "--student", "resnet9", "--steps", "1"], "unknown model 'resnet9'"),
+])
+def test_value_and_file_errors_are_one_line(argv, needle, monkeypatch, capsys, tmp_path):
+    monkeypatch.setenv("MKDLAB_HOME", str(tmp_path / "home"))
+    monkeypatch.chdir(tmp_path)
+    assert main(argv) == 2
+    assert needle in _one_line_error(capsys)
+
+
+def test_mkdlab_debug_shows_the_traceback(monkeypatch, tmp_path):
+    monkeypatch.setenv("MKDLAB_DEBUG", "1")
+    with pytest.raises(FileNotFoundError):
+        main(["eval", "--run", str(tmp_path / "nowhere")])

@@ -66,16 +66,18 @@ class ZooModel(nn.Module):
         return feats
 
 
-def stem_and_stages(model: nn.Module, x: Tensor, stages: tuple[nn.Sequential, ...]) -> tuple[dict[str, Tensor], Tensor]:
-    """Run ``relu(bn1(conv1(x)))`` then each stage of :class:`PreactBlock` s, naming the maps.
+def stem_and_stages(model: nn.Module, x: Tensor, stages: tuple[Stage, ...]) -> tuple[dict[str, Tensor], Tensor]:
+    """Run ``relu(bn1(conv1(x)))`` then each :class:`Stage` of :class:`PreactBlock` s, naming the maps.
 
-    Returns the maps ``"stem"``, ``"stageK"`` and ``"stageK_preact"`` and the last stage's output.
+    Every stage and block is *called* (its forward hooks fire). Returns the maps ``"stem"``, ``"stageK"`` and
+    ``"stageK_preact"`` and the last stage's output.
     """
     feats: dict[str, Tensor] = {}
     x = feats["stem"] = F.relu(model.bn1(model.conv1(x)))
     for i, stage in enumerate(stages, start=1):
-        x, feats[f"stage{i}_preact"] = run_stage(stage, x)
-        feats[f"stage{i}"] = x
+        sink: list[Tensor] = []
+        x = stage(x, sink=sink)
+        feats[f"stage{i}_preact"], feats[f"stage{i}"] = sink[0], x
     return feats, x
 
 
@@ -91,22 +93,41 @@ def make_taps(penultimate: str, *, camkd: str | None = None, mmkd: str | None = 
 
 
 class PreactBlock(nn.Module):
-    """A block whose output is ``relu(preact)``; ``forward_preact`` returns both (RepDistiller's ``is_last``)."""
+    """A block whose output is ``relu(preact)``; ``forward_preact`` returns both (RepDistiller's ``is_last``).
+
+    ``block(x, sink=lst)`` returns the output and appends the pre-activation to ``lst``, so a stage can hand the
+    pre-activation of its last block to ``forward_features`` while the block is still *called* (forward hooks,
+    e.g. pytorch-grad-cam's ``target_layers=[model.layer3[-1]]``, see the output tensor).
+    """
 
     def forward_preact(self, x: Tensor) -> tuple[Tensor, Tensor]:
         """``(output, pre-activation)`` of the block."""
         raise NotImplementedError
 
-    def forward(self, x: Tensor) -> Tensor:
-        return self.forward_preact(x)[0]
+    def forward(self, x: Tensor, sink: list[Tensor] | None = None) -> Tensor:
+        out, preact = self.forward_preact(x)
+        if sink is not None:
+            sink.append(preact)
+        return out
 
 
-def run_stage(stage: nn.Sequential, x: Tensor) -> tuple[Tensor, Tensor]:
-    """Run a stage of :class:`PreactBlock` s; return its output and the pre-activation of its last block."""
-    *body, last = stage
-    for block in body:
-        x = block(x)
-    return last.forward_preact(x)
+class Stage(nn.Sequential):
+    """A stage of blocks (an :class:`~torch.nn.Sequential`, so state-dict keys stay ``layerK.i.*``).
+
+    ``stage(x)`` runs the blocks in order; ``stage(x, sink=lst)`` also passes ``sink`` to the block at index
+    ``tap`` (the last one by default, which appends its pre-activation; WRN uses the first one, which appends its
+    input BN). Every block is called through ``__call__``, so forward hooks on the stage and on each block fire.
+    """
+
+    def __init__(self, *blocks: nn.Module, tap: int = -1) -> None:
+        super().__init__(*blocks)
+        self.tap = tap
+
+    def forward(self, x: Tensor, sink: list[Tensor] | None = None) -> Tensor:
+        tap = self.tap % len(self)
+        for i, block in enumerate(self):
+            x = block(x, sink=sink) if sink is not None and i == tap else block(x)
+        return x
 
 
 def projection(in_planes: int, out_planes: int, stride: int) -> nn.Sequential:

@@ -16,6 +16,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from mkdlab.storage import UnsafeCheckpointError, code_refusal
+
 STATE_KEYS = ("model", "state_dict", "net")
 #: prefixes added by ``nn.DataParallel`` / DDP and by ``torch.compile``.
 PREFIXES = ("module.", "_orig_mod.")
@@ -30,8 +32,8 @@ def load_external_checkpoint(model: nn.Module, path_or_state: str | os.PathLike[
     buffers may be absent (checkpoints older than PyTorch 0.4.1); every other key must match in name and shape.
 
     Returns the remaining entries (``epoch``, ``best_acc``, ``optimizer``, …); one-element tensors become Python
-    numbers. Raises ``ValueError`` naming the file, the model and the offending keys on any mismatch, and when
-    ``weights_only`` loading refuses the file.
+    numbers. Raises ``ValueError`` naming the file, the model and the offending keys on any mismatch, and
+    :class:`~mkdlab.storage.UnsafeCheckpointError` (a ``ValueError`` too) when the file holds pickled code.
     """
     if isinstance(path_or_state, Mapping):
         source, checkpoint = "<in-memory checkpoint>", path_or_state
@@ -40,8 +42,7 @@ def load_external_checkpoint(model: nn.Module, path_or_state: str | os.PathLike[
         try:
             checkpoint = torch.load(source, map_location="cpu", weights_only=True)
         except pickle.UnpicklingError as err:
-            reason = str(err).strip().splitlines()[0]
-            raise ValueError(f"{source}: refused by torch.load(weights_only=True): {reason}") from err
+            raise UnsafeCheckpointError(f"{source}: {code_refusal(err)}") from err
     state, meta = _split(checkpoint, source)
     state = {_strip(key): value for key, value in state.items()}
     problems = _mismatches(model, state)

@@ -17,6 +17,7 @@ from torch import Tensor, nn
 
 from mkdlab.models.common import (
     PreactBlock,
+    Stage,
     ZooModel,
     init_repdistiller,
     make_taps,
@@ -72,10 +73,10 @@ class ResNet(ZooModel):
         init_repdistiller(self)
 
     @staticmethod
-    def _make_layer(inplanes: int, planes: int, blocks: int, stride: int) -> nn.Sequential:
+    def _make_layer(inplanes: int, planes: int, blocks: int, stride: int) -> Stage:
         layers = [BasicBlock(inplanes, planes, stride)]
         layers += [BasicBlock(planes, planes) for _ in range(1, blocks)]
-        return nn.Sequential(*layers)
+        return Stage(*layers)
 
     def fc_layer(self) -> nn.Linear:
         return self.fc

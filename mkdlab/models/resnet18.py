@@ -16,7 +16,7 @@ from __future__ import annotations
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from mkdlab.models.common import PreactBlock, ZooModel, make_taps, projection, stem_and_stages
+from mkdlab.models.common import PreactBlock, Stage, ZooModel, make_taps, projection, stem_and_stages
 from mkdlab.models.registry import register_model
 
 
@@ -54,7 +54,7 @@ class ResNet18(ZooModel):
         for i, (planes, blocks) in enumerate(zip(self.widths, num_blocks, strict=True)):
             layers = [BasicBlock(in_planes, planes, 1 if i == 0 else 2)]
             layers += [BasicBlock(planes, planes) for _ in range(1, blocks)]
-            stages.append(nn.Sequential(*layers))
+            stages.append(Stage(*layers))
             in_planes = planes
         self.layer1, self.layer2, self.layer3, self.layer4 = stages
         self.linear = nn.Linear(512, num_classes)

@@ -28,7 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from mkdlab.models.common import PreactBlock, ZooModel, channel_shuffle, make_taps, stem_and_stages
+from mkdlab.models.common import PreactBlock, Stage, ZooModel, channel_shuffle, make_taps, stem_and_stages
 from mkdlab.models.registry import register_model
 
 
@@ -85,7 +85,7 @@ class ShuffleNetV1(ZooModel):
         for planes, blocks in zip(out_planes, num_blocks, strict=True):
             layers = [ShuffleV1Bottleneck(in_planes, planes - in_planes, stride=2, groups=groups)]
             layers += [ShuffleV1Bottleneck(planes, planes, stride=1, groups=groups) for _ in range(1, blocks)]
-            stages.append(nn.Sequential(*layers))
+            stages.append(Stage(*layers))
             in_planes = planes
         self.layer1, self.layer2, self.layer3 = stages
         self.linear = nn.Linear(out_planes[2], num_classes)
@@ -169,7 +169,7 @@ class ShuffleNetV2(ZooModel):
         for width, blocks in zip(out_channels[:3], num_blocks, strict=True):
             layers: list[nn.Module] = [ShuffleV2DownBlock(channels, width)]
             layers += [ShuffleV2Block(width) for _ in range(blocks)]
-            stages.append(nn.Sequential(*layers))
+            stages.append(Stage(*layers))
             channels = width
         self.layer1, self.layer2, self.layer3 = stages
         self.conv2 = nn.Conv2d(channels, out_channels[3], kernel_size=1, bias=False)

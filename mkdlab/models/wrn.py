@@ -21,7 +21,7 @@ from __future__ import annotations
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from mkdlab.models.common import ZooModel, init_repdistiller, make_taps
+from mkdlab.models.common import Stage, ZooModel, init_repdistiller, make_taps
 from mkdlab.models.registry import register_model
 
 
@@ -41,43 +41,40 @@ class BasicBlock(nn.Module):
             else nn.Conv2d(in_planes, out_planes, kernel_size=1, stride=stride, padding=0, bias=False)
         )
 
-    def forward_input_bn(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        """``(output, bn1(x))``: ``bn1(x)`` is RepDistiller's ``preact`` of the map entering this block."""
+    def forward(self, x: Tensor, sink: list[Tensor] | None = None) -> Tensor:
+        """The block's output; with ``sink``, ``bn1(x)`` (RepDistiller's ``preact`` of the map entering this
+        block) is appended to it."""
         normed = self.bn1(x)
+        if sink is not None:
+            sink.append(normed)
         act = F.relu(normed)
         out = F.relu(self.bn2(self.conv1(act)))
         if self.drop_rate > 0:
             out = F.dropout(out, p=self.drop_rate, training=self.training)
         out = self.conv2(out)
         shortcut = x if self.convShortcut is None else self.convShortcut(act)
-        return shortcut + out, normed
-
-    def forward(self, x: Tensor) -> Tensor:
-        return self.forward_input_bn(x)[0]
+        return shortcut + out
 
 
 class NetworkBlock(nn.Module):
-    """``nb_layers`` WRN blocks in ``self.layer``; the first one carries the stride and the width change."""
+    """``nb_layers`` WRN blocks in ``self.layer``; the first one carries the stride and the width change.
+
+    ``block(x, sink=lst)`` appends ``layer[0].bn1(x)`` to ``lst`` (the stage :class:`~mkdlab.models.common.Stage`
+    taps its first block); every block is called, so forward hooks fire.
+    """
 
     def __init__(self, nb_layers: int, in_planes: int, out_planes: int, stride: int, drop_rate: float = 0.0):
         super().__init__()
-        self.layer = nn.Sequential(
+        self.layer = Stage(
             *(
                 BasicBlock(in_planes if i == 0 else out_planes, out_planes, stride if i == 0 else 1, drop_rate)
                 for i in range(nb_layers)
-            )
+            ),
+            tap=0,
         )
 
-    def forward_input_bn(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        """``(output, layer[0].bn1(x))``."""
-        first, *rest = self.layer
-        out, normed = first.forward_input_bn(x)
-        for block in rest:
-            out = block(out)
-        return out, normed
-
-    def forward(self, x: Tensor) -> Tensor:
-        return self.layer(x)
+    def forward(self, x: Tensor, sink: list[Tensor] | None = None) -> Tensor:
+        return self.layer(x, sink=sink)
 
 
 class WideResNet(ZooModel):
@@ -115,10 +112,11 @@ class WideResNet(ZooModel):
         feats: dict[str, Tensor] = {}
         feats["stem"] = f0 = self.conv1(x)
         feats["stage1"] = f1 = self.block1(f0)
-        f2, feats["stage1_preact"] = self.block2.forward_input_bn(f1)
-        feats["stage2"] = f2
-        f3, feats["stage2_preact"] = self.block3.forward_input_bn(f2)
-        feats["stage3"] = f3
+        sink: list[Tensor] = []
+        f2 = self.block2(f1, sink=sink)
+        feats["stage1_preact"], feats["stage2"] = sink[0], f2
+        f3 = self.block3(f2, sink=sink)
+        feats["stage2_preact"], feats["stage3"] = sink[1], f3
         feats["stage3_preact"] = normed = self.bn1(f3)
         return self._head(feats, F.relu(normed))
 
