@@ -109,9 +109,12 @@ def test_importances_lie_on_the_simplex_and_are_differentiable_wrt_theta_w_and_t
 
 
 def test_step_output_terms_and_extras():
-    method = make()
+    assert AMTMLKDParams().reg_weight == 0.0  # off, as the official hint notebooks run (adapter.eval())
+    assert "reg" not in make().forward_train(batch(), epoch=0).losses
+    method = make(reg_weight=0.1)
     method.train()
     out = method.forward_train(batch(), epoch=0)
+    torch.testing.assert_close(out.losses["reg"], 0.1 * (method.w.pow(2).sum() + method.theta.pow(2).sum()))
     assert set(out.losses) == {"ce", "soft", "rkd_distance", "rkd_angle", "hint", "reg"}
     assert out.extras["teacher_weights"].shape == out.extras["theta_w_scores"].shape == (8, 3)
     assert not out.extras["teacher_weights"].requires_grad

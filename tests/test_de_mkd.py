@@ -50,6 +50,14 @@ def test_weight_sums_per_convention(norm, total):
     assert (w >= 0).all() and (w <= total / (K - 1) + 1e-6).all()  # range compression: each ≤ S/(K−1)
 
 
+def test_default_weights_have_the_printed_scale_and_ablation_b_stays_aver_kd():
+    """Eq. 3-4 as printed: the default weights sum to K - 1; ablation B keeps AVER-KD's 1/K per teacher."""
+    torch.testing.assert_close(method().weights(logits().float()).sum(1), torch.full((B,), K - 1.0))
+    params = load_config("de_mkd_ablation_b").method.params
+    weights = de_mkd_weights(logits().float(), params["weight_norm"], use_entropy=params["use_entropy_weights"])
+    torch.testing.assert_close(weights, torch.full((B, K), 1.0 / K))
+
+
 def test_softmax_weights_on_the_simplex_and_ordered_by_entropy():
     z = logits()
     w = de_mkd_weights(z, "softmax", rho=0.5)

@@ -210,9 +210,9 @@ def cams_and_maps(model: nn.Module, images: torch.Tensor) -> tuple[torch.Tensor,
     return torch.einsum("cd,bdhw->bchw", model.fc_layer().weight, maps["pre_pool"]), maps
 
 
-@pytest.mark.parametrize("parity", [False, True])
-def test_total_matches_an_independent_recomputation_of_section_5_4(parity):
-    method = build(parity=parity).double().train()
+@pytest.mark.parametrize(("parity", "ranking"), [(False, "log_probs"), (False, "probs"), (True, "log_probs")])
+def test_total_matches_an_independent_recomputation_of_section_5_4(parity, ranking):
+    method = build(parity=parity, ranking=ranking).double().train()
     # teachers as they will run inside the step: eval (default) or train mode (parity); copies, since a train-mode
     # forward moves the BN running statistics
     teachers = [copy.deepcopy(t).train(parity) for t in method.teachers]
@@ -231,7 +231,7 @@ def test_total_matches_an_independent_recomputation_of_section_5_4(parity):
     weights = ref_ca_weights(teacher_logits, y)
     lam, normalize = (400.0, True) if parity else (15.0, False)
     cat = ref_cat(student_cams, list(teacher_cams), weights, 2, normalize)
-    lt, lnt, weak = ref_self(z, h, y, log_ranking=parity)
+    lt, lnt, weak = ref_self(z, h, y, log_ranking=ranking == "log_probs")
     ce = torch.nn.functional.cross_entropy(z, y)
     expected = {"ce": ce, "cat": lam * cat, "target": 0.08 * lt, "non_target": 0.08 * 0.1 * lnt,
                 "weak": 0.08 * 0.005 * weak}
@@ -305,6 +305,8 @@ def test_the_weak_head_on_the_pooled_feature():
     assert torch.isfinite(out.total())
     with pytest.raises(ConfigError, match="weak_head_input"):
         JCSMKDParams(parity=True, weak_head_input="feature")
+    with pytest.raises(ConfigError, match="ranking"):
+        JCSMKDParams(parity=True, ranking="probs")
     with pytest.raises(ConfigError, match="cam_resolution"):
         JCSMKDParams(cam_resolution=0)
 

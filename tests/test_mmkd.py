@@ -18,7 +18,7 @@ from mkdlab.data import DeviceLoader, make_loaders
 from mkdlab.engine import Trainer, TrainingInterrupted
 from mkdlab.experiment import build_method
 from mkdlab.losses.features import gram_matrix
-from mkdlab.methods.base import Batch
+from mkdlab.methods.base import Batch, TrainState
 from mkdlab.methods.hard_buffer import HardBuffer
 from mkdlab.methods.meta import (
     SGDSettings,
@@ -431,6 +431,27 @@ def test_meta_batch_is_the_current_batch_until_the_buffer_holds_one_then_comes_w
     for stored, recomputed in zip([meta_targets.logits, *meta_targets.maps, *meta_targets.grams],
                                   [fresh.logits, *fresh.maps, *fresh.grams], strict=True):
         torch.testing.assert_close(stored, recomputed)
+
+
+def test_the_buffer_takes_the_batch_before_the_meta_batch_is_drawn_as_in_the_official_loop(monkeypatch):
+    """train_meta.py pushes into the hard buffer inside the student step, then samples the meta batch: with a full
+    buffer and every sample misclassified, the meta batch holds samples of the batch just seen."""
+    method = tiny_mmkd(buffer_size=6, meta_freq=1)
+    old_images, old_labels = images_and_labels(seed=1)
+    method.hard_buffer.push(old_images, old_labels, old_labels, method.buffer_fields(method.teacher_targets(old_images)))
+    assert method.hard_buffer.full
+    images, labels = images_and_labels(seed=2)
+    batch = Batch(images, labels)
+    out = method.forward_train(batch, epoch=0)
+    out.logits = F.one_hot((labels + 1) % CLASSES, CLASSES).to(images.dtype)  # every sample misclassified
+    drawn = []
+    monkeypatch.setattr(method, "meta_step", lambda optimizer, meta_images, *rest, **kw: drawn.append(meta_images))
+    state = TrainState(total_epochs=1, steps_per_epoch=1, total_steps=1, optimizer=torch.optim.SGD(
+        method.parameter_groups(), lr=0.1))
+    method.after_step(state, batch, out)
+    (meta_images,) = drawn
+    from_this_batch = (meta_images[:, None] == images[None]).flatten(2).all(2).any(1)
+    assert from_this_batch.all()  # all six slots were overwritten by this batch before the draw
 
 
 # -- through the trainer: kill and resume -----------------------------------------------------------------------------

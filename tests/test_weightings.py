@@ -119,7 +119,7 @@ REGISTRY_CASES = [
     ("entropy", {"norm": "sum_to_one"}, lambda z, y: entropy_weights(z, norm="sum_to_one"), 1.0),
     ("entropy", {"norm": "softmax", "rho": 0.5}, lambda z, y: entropy_weights(z, norm="softmax", rho=0.5), 1.0),
     ("confidence", {}, lambda z, y: confidence_weights(z, y), 1.0),
-    ("de_mkd", {}, lambda z, y: de_mkd_weights(z), 1.0),
+    ("de_mkd", {}, lambda z, y: de_mkd_weights(z), K - 1.0),  # the printed scale of Eq. 3-4
     ("de_mkd", {"norm": "per_K", "entropy_temperature": 4.0}, lambda z, y: de_mkd_weights(z, "per_K", 4.0),
      (K - 1) / K),
     ("de_mkd", {"norm": "literal", "use_entropy": False}, lambda z, y: de_mkd_weights(z, "literal", use_entropy=False),
@@ -148,7 +148,7 @@ def test_a_registered_weighting_is_its_plain_function_with_bk_rows_of_the_conven
 def test_get_weighting_binds_every_hyper_parameter_with_its_default():
     assert get_weighting("entropy", norm="per_K").hyper_parameters == {"temperature": 1.0, "norm": "per_K",
                                                                         "rho": 1.0}
-    assert get_weighting("de_mkd").hyper_parameters == {"norm": "sum_to_one", "entropy_temperature": 1.0, "rho": 1.0,
+    assert get_weighting("de_mkd").hyper_parameters == {"norm": "literal", "entropy_temperature": 1.0, "rho": 1.0,
                                                         "use_entropy": True}
     assert get_weighting("aver").hyper_parameters == {} and get_weighting("confidence").hyper_parameters == {}
 

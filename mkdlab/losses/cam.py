@@ -105,15 +105,16 @@ def target_loss(student_logits: Tensor, labels: Tensor) -> Tensor:
 
 
 # -- self-knowledge: non-target classes ------------------------------------------------------------------------
-def ranking_scores(head_logits: Tensor, student_logits: Tensor, labels: Tensor, ranking: Ranking = "probs") -> Tensor:
+def ranking_scores(head_logits: Tensor, student_logits: Tensor, labels: Tensor,
+                   ranking: Ranking = "log_probs") -> Tensor:
     r"""JCS-MKD's ranking score of every class (no gradient):
 
     .. math:: \rho_{bc} = \frac{r_{bc}}{1 - r_{by} + 10^{-6}} + \frac{s_{bc}}{1 - s_{by} + 10^{-6}},\qquad
               r = \mathrm{softmax}(h)
 
-    with :math:`s = p = \mathrm{softmax}(z^s)` (``ranking="probs"``, the intended USKD score) or
-    :math:`s = \log p` (``"log_probs"``: the official code, where the probability variable had been overwritten by
-    log-probabilities). B×C.
+    with :math:`s = \log p = \log\mathrm{softmax}(z^s)` (``ranking="log_probs"``, the default: USKD's own code,
+    ``yzd-v/cls_KD`` ``mmcls/models/dis_losses/uskd.py`` lines 53-54 and 73, ranks on ``log_softmax``, and so does
+    JCS-MKD's code) or :math:`s = p` (``"probs"``, an mkdlab option). B×C.
     """
     with torch.no_grad():
         r = head_logits.softmax(1)
@@ -165,7 +166,7 @@ class SelfKnowledge(NamedTuple):
     nontarget_labels: Tensor
 
 
-def self_knowledge_terms(student_logits: Tensor, head_logits: Tensor, labels: Tensor, ranking: Ranking = "probs",
+def self_knowledge_terms(student_logits: Tensor, head_logits: Tensor, labels: Tensor, ranking: Ranking = "log_probs",
                          smoothing: float = 0.1) -> SelfKnowledge:
     r"""JCS-MKD's self-knowledge from hard labels (docs/methods.md §5.4), each term unweighted:
     :math:`\mathcal L_t` (:func:`target_loss`), :math:`\mathcal L_{nt}` with Zipf labels ranked by

@@ -144,7 +144,7 @@ def confidence_weights(teacher_logits: Tensor, target: Tensor) -> Tensor:
     return ((1.0 - torch.softmax(ce, dim=0)) / (k - 1)).T
 
 
-def de_mkd_weights(teacher_logits: Tensor, norm: EntropyNorm = "sum_to_one", entropy_temperature: float = 1.0,
+def de_mkd_weights(teacher_logits: Tensor, norm: EntropyNorm = "literal", entropy_temperature: float = 1.0,
                    rho: float = 1.0, use_entropy: bool = True) -> Tensor:
     r"""Effective per-sample teacher weights :math:`\tilde w` (B×K) of DE-MKD (Cheng et al., Mathematics 2024;
     docs/methods.md §5.2) from K×B×C teacher logits.

@@ -40,9 +40,10 @@ from mkdlab.models.summary import probe_shapes
 @dataclass(frozen=True)
 class AMTMLKDParams:
     r"""Hyper-parameters of AMTML-KD. The defaults are mkdlab's "full AMTML-KD" (docs/methods.md §5.1 item 2,
-    [ASSUMPTION]): soft target + RKD distance/angle + multi-group hints in both phases, regulariser in phase 1,
-    batchmean KL and CE at T = 1 (the conventions of the other mkdlab multi-teacher methods, so that AVER-KD and
-    CA-MKD compare on equal terms). The presets ``amtml_kd_*`` reproduce each official notebook (§7 #9, #10).
+    [ASSUMPTION]): soft target + RKD distance/angle + multi-group hints in both phases, no regulariser (as the
+    official hint notebooks run: their ``adapter.eval()`` sets ``self.val = True`` before training), batchmean KL
+    and CE at T = 1 (the conventions of the other mkdlab multi-teacher methods, so that AVER-KD and CA-MKD compare
+    on equal terms). The presets ``amtml_kd_*`` reproduce each official notebook (§7 #9, #10).
 
     Loss (``phase`` = adapter while the 0-based epoch < ``adapter_epochs``):
 
@@ -55,8 +56,11 @@ class AMTMLKDParams:
       (kept while the teacher index < K), ``same_level`` the student's ``same_level_map`` with every teacher's map of
       the same name; summed over pairs, times ``hint_weight`` (1.0: the notebooks' unit weight — their hint convs
       were never trained, so no tuned value exists [ASSUMPTION]);
-    * ``reg`` = ``reg_weight``·(‖W‖² + ‖Θ‖²_F) during the adapter phase (``reg_weight=0`` disables it, as
-      ``LR_adaptive_Hint``'s ``adapter.eval()`` does).
+    * ``reg`` = ``reg_weight``·(‖W‖² + ‖Θ‖²_F) during the adapter phase. Default 0 (off): ``LR_adaptive_Hint``,
+      ``LR_adaptive_KD`` and ``adaptive_FitNet_teacher-level`` call ``adapter.eval()`` before training, which
+      switches it off; only ``LR_adaptive_learning`` (preset ``amtml_kd_lr_adaptive_learning``, 0.1) trains with
+      it. Under the adapter SGD (lr 0.1, momentum 0.9) 0.1 shrinks Θ⊙W towards 0 within about a hundred steps and
+      every importance becomes 1/K (AVER-KD plus RKD and hints); with 0 the importances vary per sample.
 
     ``adapter_epochs``: 1 by default for short runs (the notebooks: 80 of 280 epochs; the CIFAR-100 port suggests
     80 + 240). ``adapter_milestones`` are fractions of ``adapter_epochs`` (notebooks: epochs 40 and 70 of 80).
@@ -80,7 +84,7 @@ class AMTMLKDParams:
     hint_weight: float = 1.0
     hint_phases: Literal["both", "adapter", "main"] = "both"
     train_hint_convs: bool = True
-    reg_weight: float = 0.1
+    reg_weight: float = 0.0
     adapter_epochs: int = 1
     adapter_lr: float = 0.1
     adapter_momentum: float = 0.9

@@ -44,6 +44,10 @@ class JCSMKDParams:
     ``weak_head_input``: ``"logits"`` (the official head, Linear(C→C) on the student logits) or ``"feature"``
     (USKD's design, Linear(D→C) on the student's pooled penultimate feature; not available with ``parity``).
 
+    ``ranking``: the student term :math:`s` of the Zipf ranking score (:func:`~mkdlab.losses.cam.ranking_scores`):
+    ``"log_probs"`` (default: :math:`s=\log p`, as USKD's own code, ``yzd-v/cls_KD`` ``uskd.py``, and JCS-MKD's
+    code rank) or ``"probs"`` (:math:`s=p`, an mkdlab option; not available with ``parity``).
+
     ``parity=True`` reproduces the official code: teachers run in **train mode** (BN batch statistics, running
     statistics drift), the weak head stays at its random initialisation (not optimised), the ranking score uses
     log-probabilities, and the teacher logits for the confidence weights are the spatial means of the bias-free
@@ -60,12 +64,16 @@ class JCSMKDParams:
     weak_weight: float = 0.005
     weak_smoothing: float = 0.1
     weak_head_input: Literal["logits", "feature"] = "logits"
+    ranking: Literal["log_probs", "probs"] = "log_probs"
     parity: bool = False
 
     def __post_init__(self) -> None:
         if self.parity and self.weak_head_input != "logits":
             raise ConfigError("method.params.weak_head_input: parity=True reproduces the official weak head on the "
                               "logits; 'feature' (USKD's design) is an mkdlab option for parity=False")
+        if self.parity and self.ranking != "log_probs":
+            raise ConfigError("method.params.ranking: parity=True reproduces the official ranking on "
+                              "log-probabilities; 'probs' is an mkdlab option for parity=False")
         if self.cam_resolution < 1:
             raise ConfigError(f"method.params.cam_resolution: must be >= 1, got {self.cam_resolution}")
 
@@ -113,7 +121,7 @@ class JCSMKD(Distiller):
         q^{nt}_{bc}\propto\frac1{\mathrm{rank}_b(c)}\ (c\ne y),\quad
         \mathcal L_{nt}=-\tfrac1B\textstyle\sum_b\sum_{c\ne y}q^{nt}_{bc}\log\mathrm{softmax}_{c\ne y}(z^s_b)
 
-    with :math:`s=p` (default) or :math:`s=\log p` (``parity``). Total
+    with :math:`s=\log p` (default ``ranking``, USKD's and JCS-MKD's code) or :math:`s=p` (``ranking="probs"``). Total
 
     .. math::
         \mathcal L=\lambda_{CE}\mathrm{CE}(z^s,y)+\lambda_{CAT}\mathcal L_{CAT}
@@ -195,7 +203,7 @@ class JCSMKD(Distiller):
         head_logits = self.weak_head(head_input)
         student = at_least_float32(logits)
         terms = self_knowledge_terms(student, at_least_float32(head_logits), labels,
-                                     ranking="log_probs" if p.parity else "probs", smoothing=p.weak_smoothing)
+                                     ranking=p.ranking, smoothing=p.weak_smoothing)
         losses = {
             "ce": p.ce_weight * F.cross_entropy(student, labels),
             "cat": p.effective_cat_weight * cat,

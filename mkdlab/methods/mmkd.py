@@ -149,8 +149,9 @@ class MMKD(Distiller):
     with ``"unroll"`` the hypergradient also follows how :math:`\phi` moves the weight networks' student inputs;
     the official recursion treats those inputs as constants (it detaches them), which is the second reason,
     besides Nesterov momentum, why it is not exact. The teacher outputs of a meta batch are those stored in the hard
-    buffer with its images (computed once, by the student step that saw them). Finally the hard buffer takes the
-    batch's misclassified samples.
+    buffer with its images (computed once, by the student step that saw them). The hard buffer takes the batch
+    (whole while filling, then its misclassified samples) *before* the meta batch is drawn, as in the official
+    loop.
 
     **Data parallel** (``torchrun``): the meta update and the hard buffer work on the global batch, gathered from
     every rank (:meth:`global_batch`), so they are those of one process, repeated on every rank. The student step's
@@ -379,18 +380,20 @@ class MMKD(Distiller):
                 **{f"teacher_map_{i}": m for i, m in enumerate(targets.raw_maps)}}
 
     def after_step(self, state: TrainState, batch: Batch, output: StepOutput) -> None:
-        """Meta update after the batches 0, ``meta_freq``, … of the epoch, then the hard-buffer refresh (storing
-        each image with the teacher outputs of this step, ``output.carry["targets"]``: a meta batch never runs
-        the teachers again)."""
+        """The hard-buffer refresh (storing each image with the teacher outputs of this step,
+        ``output.carry["targets"]``: a meta batch never runs the teachers again), then the meta update after the
+        batches 0, ``meta_freq``, … of the epoch — the official order: ``train_meta.py`` refreshes the buffer inside
+        the student step's ``inner_objective`` and only then calls ``hardBuffer.sample()`` for the meta step, so
+        a meta batch can hold samples of the batch just seen."""
         targets = output.carry.get("targets")
         if targets is None:
             raise RuntimeError("MMKD.after_step needs the teacher outputs of forward_train on the same batch")
         batch, predictions, targets = self.global_batch(state.collectives, batch, output.logits.detach().argmax(1),
                                                         targets)
-        if self.params.meta_freq and state.step_in_epoch % self.params.meta_freq == 0:
-            self.meta_step(state.optimizer, *self.meta_batch(batch, targets), graphed=state.cuda_graphs)
         if self.hard_buffer is not None:
             self.hard_buffer.push(batch.images, batch.labels, predictions, self.buffer_fields(targets))
+        if self.params.meta_freq and state.step_in_epoch % self.params.meta_freq == 0:
+            self.meta_step(state.optimizer, *self.meta_batch(batch, targets), graphed=state.cuda_graphs)
 
     def global_batch(self, collectives: Collectives, batch: Batch, predictions: Tensor,
                      targets: TeacherTargets) -> tuple[Batch, Tensor, TeacherTargets]:
