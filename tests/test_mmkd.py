@@ -438,7 +438,8 @@ def test_the_buffer_takes_the_batch_before_the_meta_batch_is_drawn_as_in_the_off
     buffer and every sample misclassified, the meta batch holds samples of the batch just seen."""
     method = tiny_mmkd(buffer_size=6, meta_freq=1)
     old_images, old_labels = images_and_labels(seed=1)
-    method.hard_buffer.push(old_images, old_labels, old_labels, method.buffer_fields(method.teacher_targets(old_images)))
+    old_fields = method.buffer_fields(method.teacher_targets(old_images))
+    method.hard_buffer.push(old_images, old_labels, old_labels, old_fields)
     assert method.hard_buffer.full
     images, labels = images_and_labels(seed=2)
     batch = Batch(images, labels)
