@@ -1,4 +1,7 @@
-"""The command line, run as a user runs it (``python -m mkdlab ...`` in a subprocess)."""
+"""The command line, run as a user runs it (``python -m mkdlab ...`` in a subprocess) where the start of a fresh
+interpreter matters (training, resuming, the demo, the environment), and in this process (``cli``: the same
+``main``, the same exit code and streams, without 3 s of interpreter and torch start-up per call) for the errors
+and listings."""
 
 from __future__ import annotations
 
@@ -32,6 +35,28 @@ def home(tmp_path):
     return tmp_path / "home"
 
 
+@pytest.fixture
+def cli(monkeypatch, capsys):
+    """``mkdlab(...)`` in this process: ``main`` with the same environment and working directory; argparse's exit
+    becomes the return code, as in a subprocess. An exception escaping ``main`` (a traceback) fails the test."""
+
+    def run(*args: str, home: Path, cwd: Path, check: bool = True) -> subprocess.CompletedProcess:
+        monkeypatch.setenv("MKDLAB_HOME", str(home))
+        monkeypatch.setenv("CI", "1")
+        monkeypatch.chdir(cwd)
+        capsys.readouterr()
+        try:
+            code = main(list(args))
+        except SystemExit as stop:
+            code = stop.code
+        out, err = capsys.readouterr()
+        if check and code != 0:
+            raise AssertionError(f"mkdlab {' '.join(args)} failed ({code}):\n{err}")
+        return subprocess.CompletedProcess(list(args), code, out, err)
+
+    return run
+
+
 def test_train_then_eval_then_resume(tmp_path, home):
     out = mkdlab("train", "ce", *TINY, "output.dir=runs", home=home, cwd=tmp_path)
     assert "last top-1" in out.stdout
@@ -45,13 +70,13 @@ def test_train_then_eval_then_resume(tmp_path, home):
     assert len((run / "history.jsonl").read_text().splitlines()) == 1  # a finished run is not re-trained
 
 
-def test_bad_config_is_a_clear_error_not_a_traceback(tmp_path, home):
-    result = mkdlab("train", "ce", "train.lr_rate=0.1", home=home, cwd=tmp_path, check=False)
+def test_bad_config_is_a_clear_error_not_a_traceback(tmp_path, home, cli):
+    result = mkdlab("train", "ce", "train.lr_rate=0.1", home=home, cwd=tmp_path, check=False)  # as a user meets it
     assert result.returncode == 2
     assert "train.lr_rate: unknown key" in result.stderr and "Traceback" not in result.stderr
-    result = mkdlab("train", "ce", "student=resnet9", home=home, cwd=tmp_path, check=False)
+    result = cli("train", "ce", "student=resnet9", home=home, cwd=tmp_path, check=False)
     assert result.returncode == 2 and "choose one of" in result.stderr
-    result = mkdlab("demo", "--methods", "kd", "kdd", home=home, cwd=tmp_path, check=False)
+    result = cli("demo", "--methods", "kd", "kdd", home=home, cwd=tmp_path, check=False)
     assert result.returncode == 2 and "unknown method 'kdd'" in result.stderr
 
 
@@ -65,36 +90,36 @@ def test_missing_dataset_is_a_clear_error(tmp_path, home):
     assert result.returncode == 2 and "cifar-100-python" in result.stderr and "Traceback" not in result.stderr
 
 
-def test_teachers_train_list_import(tmp_path, home):
+def test_teachers_train_list_import(tmp_path, home, cli):
     mkdlab("teachers", "train", "demo", "teachers.arch=resnet8", "teachers.seeds=[0]", "teachers.epochs=1",
-           "data.batch_size=256", "output.dir=runs", "--device", "cpu", home=home, cwd=tmp_path)
-    listing = mkdlab("list", "teachers", "--json", home=home, cwd=tmp_path)
+           "teachers.max_steps=3", "data.batch_size=64", "output.dir=runs", "--device", "cpu", home=home, cwd=tmp_path)
+    listing = cli("list", "teachers", "--json", home=home, cwd=tmp_path)
     rows = {row["name"]: row for row in json.loads(listing.stdout)}
     shipped = sorted(TeacherPool(tmp_path / "nothing").entries())  # the teachers shipped in the package
-    assert sorted(rows) == sorted([*shipped, "resnet8-fashion_mnist_mini-s0-e1"])
-    assert 0 < rows["resnet8-fashion_mnist_mini-s0-e1"]["top1"] <= 100
+    assert sorted(rows) == sorted([*shipped, "resnet8-fashion_mnist_mini-s0-e1-m3"])
+    assert 0 <= rows["resnet8-fashion_mnist_mini-s0-e1-m3"]["top1"] <= 100
     torch.manual_seed(0)
     path = tmp_path / "resnet8_cifar.pth"
     torch.save({"model": create("resnet8").state_dict(), "epoch": 240}, path)
-    mkdlab("teachers", "import", str(path), "--arch", "resnet8", "--name", "r8", home=home, cwd=tmp_path)
-    names = [row["name"] for row in json.loads(mkdlab("list", "teachers", "--json", home=home, cwd=tmp_path).stdout)]
-    assert sorted(names) == sorted(["r8", *shipped, "resnet8-fashion_mnist_mini-s0-e1"])
+    cli("teachers", "import", str(path), "--arch", "resnet8", "--name", "r8", home=home, cwd=tmp_path)
+    names = [row["name"] for row in json.loads(cli("list", "teachers", "--json", home=home, cwd=tmp_path).stdout)]
+    assert sorted(names) == sorted(["r8", *shipped, "resnet8-fashion_mnist_mini-s0-e1-m3"])
 
 
-def test_presets_are_listed_and_a_base_recipe_is_not_trained(tmp_path, home):
-    names = [row["preset"] for row in json.loads(mkdlab("list", "presets", "--json", home=home, cwd=tmp_path).stdout)]
+def test_presets_are_listed_and_a_base_recipe_is_not_trained(tmp_path, home, cli):
+    names = [row["preset"] for row in json.loads(cli("list", "presets", "--json", home=home, cwd=tmp_path).stdout)]
     assert "demo" in names and "mmkd_parity" in names and not [name for name in names if "/" in name]
-    result = mkdlab("train", "base/multi_teacher", home=home, cwd=tmp_path, check=False)
+    result = cli("train", "base/multi_teacher", home=home, cwd=tmp_path, check=False)
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert "'base/multi_teacher' is a base recipe that presets extend" in result.stderr
 
 
-def test_one_list_command_names_what_every_command_accepts(tmp_path, home):
-    methods = json.loads(mkdlab("list", "methods", "--json", home=home, cwd=tmp_path).stdout)
+def test_one_list_command_names_what_every_command_accepts(tmp_path, home, cli):
+    methods = json.loads(cli("list", "methods", "--json", home=home, cwd=tmp_path).stdout)
     assert {"kd": "one", "ce": "none", "mmkd": "many"}.items() <= {m["method"]: m["teachers"] for m in methods}.items()
-    models = [row["model"] for row in json.loads(mkdlab("list", "models", "--json", home=home, cwd=tmp_path).stdout)]
+    models = [row["model"] for row in json.loads(cli("list", "models", "--json", home=home, cwd=tmp_path).stdout)]
     assert "resnet8" in models and "resnet32x4" in models
-    assert "compare_fmnist" in mkdlab("list", "studies", home=home, cwd=tmp_path).stdout.split()
+    assert "compare_fmnist" in cli("list", "studies", home=home, cwd=tmp_path).stdout.split()
 
 
 @pytest.mark.parametrize(("args", "new"), [
@@ -106,8 +131,8 @@ def test_one_list_command_names_what_every_command_accepts(tmp_path, home):
     (["bench", "--teacher", "resnet56"], "--teacher-arch"),
     (["bench", "--teachers", "3"], "--num-teachers"),
 ])
-def test_old_spellings_fail_naming_the_new_one(tmp_path, home, args, new):
-    result = mkdlab(*args, home=home, cwd=tmp_path, check=False)
+def test_old_spellings_fail_naming_the_new_one(tmp_path, home, args, new, cli):
+    result = cli(*args, home=home, cwd=tmp_path, check=False)
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert "was renamed" in result.stderr and new in result.stderr
 
