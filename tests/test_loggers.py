@@ -8,7 +8,6 @@ import io
 import json
 import os
 import socket
-import subprocess
 import sys
 import threading
 import time
@@ -17,6 +16,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from helpers import free_port, visdom_process
 
 from mkdlab.engine.loggers import ConsoleLogger, JsonlLogger, Logger, make_loggers, progress
 from mkdlab.engine.visdom_logger import VisdomLogger, VisdomUnavailableWarning, probe_http
@@ -28,12 +28,6 @@ def _record(epoch: int, **extra: float | int | str) -> dict[str, float | int | s
     return {"epoch": epoch, "step": 10 * epoch, "lr": 0.05, "train_loss": 2.0 / epoch,
             "train_top1": 50.0 + epoch, "test_loss": 2.5 / epoch, "test_top1": 48.0 + epoch,
             "best_top1": 48.0 + epoch, "best_epoch": epoch, "images_per_s": 312.4, **extra}
-
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def _visdom_warnings(caught: list[warnings.WarningMessage]) -> list[warnings.WarningMessage]:
@@ -142,7 +136,7 @@ def test_progress_disabled_in_ci(monkeypatch: pytest.MonkeyPatch) -> None:
 def test_make_loggers_with_unreachable_visdom(tmp_path: Path) -> None:
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        loggers = make_loggers(tmp_path, visdom=True, visdom_port=_free_port(), run_name="r")
+        loggers = make_loggers(tmp_path, visdom=True, visdom_port=free_port(), run_name="r")
     assert [type(lg).__name__ for lg in loggers] == ["JsonlLogger", "ConsoleLogger", "VisdomLogger"]
     assert all(isinstance(lg, Logger) for lg in loggers)
     assert len(_visdom_warnings(caught)) == 1
@@ -171,7 +165,7 @@ def _assert_single_fallback(port: int, limit: float) -> None:
 
 
 def test_visdom_no_server_falls_back_quickly() -> None:
-    _assert_single_fallback(_free_port(), limit=3.0)
+    _assert_single_fallback(free_port(), limit=3.0)
 
 
 @pytest.fixture
@@ -224,33 +218,12 @@ def visdom_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[int]:
     """``python -m mkdlab visdom --api-only`` on a free port, terminated afterwards."""
     pytest.importorskip("visdom")
     tmp_path = tmp_path_factory.mktemp("visdom")
-    port = _free_port()
+    port = free_port()
     log_path = tmp_path / "server.log"
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
-    with open(log_path, "w") as log:
-        proc = subprocess.Popen(
-            [sys.executable, "-u", "-m", "mkdlab", "visdom", "--api-only", "--port", str(port),
-             "--env-path", str(tmp_path / "envs")],
-            stdout=log, stderr=subprocess.STDOUT, cwd=REPO, env=env,
-        )
-    try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                probe_http("127.0.0.1", port, 1.0)
-                break
-            except OSError:
-                if proc.poll() is not None or time.monotonic() > deadline:
-                    pytest.fail(f"visdom server did not come up:\n{log_path.read_text()}")
-                time.sleep(0.1)
+    with visdom_process("--api-only", "--env-path", str(tmp_path / "envs"), port=port, log_path=log_path, cwd=REPO,
+                        env=env, poll_s=0.1):
         yield port
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(5)
     output = log_path.read_text()
     assert "Checking for scripts" not in output and "Downloading" not in output, output
     assert "Traceback" not in output, output

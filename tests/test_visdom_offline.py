@@ -11,29 +11,21 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from helpers import free_port, visdom_process
 
 from mkdlab.engine.visdom_assets import assets_problem, default_assets_dir
-from mkdlab.engine.visdom_logger import probe_http
 
 REPO = Path(__file__).resolve().parents[1]
 STEPS = 3
 CHROMIUM = os.environ.get("MKDLAB_CHROMIUM") or shutil.which("chromium") or "/usr/bin/chromium"
 
 pytestmark = pytest.mark.slow
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def _env(home: Path) -> dict[str, str]:
@@ -49,26 +41,11 @@ def dashboard(tmp_path: Path) -> Iterator[int]:
         pytest.skip(f"no Chromium at {CHROMIUM}: apt-get install chromium (or set MKDLAB_CHROMIUM)")
     if problem := assets_problem(default_assets_dir()):
         pytest.skip(problem)
-    port = _free_port()
+    port = free_port()
     log_path = tmp_path / "server.log"
-    with open(log_path, "w") as log:
-        proc = subprocess.Popen([sys.executable, "-u", "-m", "mkdlab", "visdom", "--port", str(port),
-                                 "--env-path", str(tmp_path / "envs")],
-                                stdout=log, stderr=subprocess.STDOUT, cwd=tmp_path, env=_env(tmp_path / "home"))
-    try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                probe_http("127.0.0.1", port, 1.0)
-                break
-            except OSError:
-                if proc.poll() is not None or time.monotonic() > deadline:
-                    pytest.fail(f"the dashboard did not come up:\n{log_path.read_text()}")
-                time.sleep(0.2)
+    with visdom_process("--env-path", str(tmp_path / "envs"), port=port, log_path=log_path, cwd=tmp_path,
+                        env=_env(tmp_path / "home")):
         yield port
-    finally:
-        proc.terminate()
-        proc.wait(10)
     assert "Traceback" not in log_path.read_text(), log_path.read_text()
 
 

@@ -9,13 +9,11 @@ import io
 import json
 import os
 import socket
-import subprocess
-import sys
 import tarfile
-import time
 from pathlib import Path
 
 import pytest
+from helpers import free_port, visdom_process
 
 from mkdlab.cli import main
 from mkdlab.engine import visdom_assets
@@ -130,26 +128,13 @@ def test_login_guards_the_server_and_training_logs_in(tmp_path: Path, monkeypatc
     import urllib.error
     import urllib.request
 
-    from mkdlab.engine.visdom_logger import VisdomLogger, VisdomUnavailableWarning, probe_http
+    from mkdlab.engine.visdom_logger import VisdomLogger, VisdomUnavailableWarning
 
-    with socket.socket() as free:
-        free.bind(("127.0.0.1", 0))
-        port = free.getsockname()[1]
+    port = free_port()
     env = {**os.environ, "HOME": str(tmp_path), "VISDOM_USERNAME": "ada", "VISDOM_PASSWORD": "s3cret",
            "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
     log_path = tmp_path / "server.log"
-    with open(log_path, "w") as log:
-        proc = subprocess.Popen([sys.executable, "-u", "-m", "mkdlab", "visdom", "--api-only", "--port", str(port),
-                                 "--env-path", str(tmp_path / "envs")], stdout=log, stderr=subprocess.STDOUT, env=env)
-    try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                probe_http("127.0.0.1", port, 1.0)
-                break
-            except OSError:
-                assert proc.poll() is None and time.monotonic() < deadline, log_path.read_text()
-                time.sleep(0.2)
+    with visdom_process("--api-only", "--env-path", str(tmp_path / "envs"), port=port, log_path=log_path, env=env):
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=10) as page:
             assert b'type="password"' in page.read()  # the login form, not the dashboard
         with pytest.raises(urllib.error.HTTPError, match="400"):
@@ -167,7 +152,4 @@ def test_login_guards_the_server_and_training_logs_in(tmp_path: Path, monkeypatc
         with pytest.warns(VisdomUnavailableWarning, match="refused the login of 'ada'"):
             refused = VisdomLogger(port=port, env="login_test", timeout=5.0, run_name="r")
         assert not refused.enabled
-    finally:
-        proc.terminate()
-        proc.wait(10)
     assert "Traceback" not in log_path.read_text()
