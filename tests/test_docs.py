@@ -181,3 +181,18 @@ def test_every_registered_method_has_a_section(doc):
 def test_the_numbering_keeps_the_cited_sections(doc, number):
     """The sections the code cites most keep their numbers (renumbering would silently re-point citations)."""
     assert number in numbered_sections(doc)
+
+
+def test_the_reference_holds_no_control_characters():
+    """A LaTeX command written into a Python string without ``r""`` loses its backslash (``\\theta`` becomes a tab
+    and "heta", ``\\beta`` a backspace and "eta"): the rendered equation is then garbage. Checked in the
+    reference, the READMEs and every notebook cell."""
+    texts = {path.name: path.read_text(encoding="utf-8")
+             for path in (DOC, ROOT / "README.md", ROOT / "notebooks" / "README.md")}
+    for path in sorted((ROOT / "notebooks").glob("*.ipynb")):
+        for index, cell in enumerate(json.loads(path.read_text(encoding="utf-8"))["cells"]):
+            texts[f"{path.name} cell {index}"] = "".join(cell["source"])
+    for name, text in texts.items():
+        bad = [(text.count("\n", 0, m.start()) + 1, repr(m.group()))
+               for m in re.finditer(r"[\x00-\x08\x0b-\x1f]|\t", text)]
+        assert not bad, f"{name}: control characters at (line, char) {bad[:5]}"
