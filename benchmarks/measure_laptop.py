@@ -102,7 +102,13 @@ def measure_notebooks(scratch: Path, profiles: list[str], numbers: list[str],
                 outcome = "passed" if status == 0 else f"FAILED: {text.strip().splitlines()[-1]}"
                 rows.append((f"{notebook.stem} {profile}{label}", f"{seconds:.0f} s",
                              f"{outcome}; load {before} → {load()}"))
+                print(markdown_row(rows[-1]), file=sys.stderr, flush=True)  # as it comes: a long run shows progress
     return rows
+
+
+def markdown_row(row: tuple[str, str, str]) -> str:
+    """One line of the printed table."""
+    return "| " + " | ".join(row) + " |"
 
 
 def measure_suite() -> list[tuple[str, str, str]]:
@@ -138,7 +144,7 @@ def main(argv: list[str] | None = None) -> None:
             print(f"[{time.strftime('%H:%M:%S')}] {what} measured", file=sys.stderr, flush=True)
     print(f"| what | figure | detail (nproc {os.cpu_count()}) |\n|---|---|---|")
     for row in rows:
-        print("| " + " | ".join(row) + " |")
+        print(markdown_row(row))
 
 
 if __name__ == "__main__":
