@@ -43,3 +43,19 @@ def test_the_report_and_the_readme_table_are_the_summary_of_the_records():
 def test_the_committed_figures_exist():
     for name in ("accuracy", "weights", "gradcam", "cost"):
         assert (ROOT / "figures" / f"compare_fmnist_{name}.png").stat().st_size > 10_000
+
+
+def test_the_cpu_rerun_of_the_changed_columns_in_the_readme_is_its_records():
+    """The one-seed ``compare_fmnist_mini`` rows of the README (the columns #14 changed, with CE and AVER-KD) are
+    the committed records of figures/compare_fmnist_mini/."""
+    mini = ROOT / "figures" / "compare_fmnist_mini"
+    rows = [json.loads(line) for line in (mini / "runs.jsonl").read_text().splitlines()]
+    readme = (ROOT / "README.md").read_text()
+    row = load_study("compare_fmnist_mini")
+    summaries = summarize([RunRecord(**{k: v for k, v in r.items() if k != "test_top1_per_epoch"}) for r in rows])
+    assert {s.label for s in summaries} == {"ce", "aver_kd", "amtml_kd", "de_mkd", "jcs_mkd", "mmkd"}
+    for record in rows:
+        assert record["epochs"] == row.base.train.epochs == len(record["test_top1_per_epoch"])
+        assert record["best_top1"] == max(record["test_top1_per_epoch"])
+    for s in summaries:
+        assert f"| {s.label} | {s.best_mean:.2f} | {s.gain_best:+.2f} |" in readme

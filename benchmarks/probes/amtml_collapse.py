@@ -1,4 +1,7 @@
-"""AMTML-KD: importances after the adapter phase with reg 0.1 vs 0 (shipped teachers, mini set, CPU)."""
+"""AMTML-KD: importances after the adapter phase with reg 0.1 vs 0 (shipped teachers, mini set, CPU).
+
+    python benchmarks/probes/amtml_collapse.py STEPS REG[,REG…] [key=value …]   # e.g. method.params.latent_seed=2
+"""
 import sys
 import tempfile
 import time
@@ -16,7 +19,8 @@ for reg in regs:
     t0 = time.time()
     cfg = load_config("amtml_kd", [f"method.params.reg_weight={reg}", "method.params.adapter_epochs=1",
                                    "train.epochs=1", f"train.max_steps={steps}", "teachers.epochs=8",
-                                   "train.device=cpu", "output.dir=" + tempfile.mkdtemp(), "train.log_every_steps=0"])
+                                   "train.device=cpu", "output.dir=" + tempfile.mkdtemp(), "train.log_every_steps=0",
+                                   *sys.argv[3:]])
     result, method = run_experiment(cfg, pool=pool, verbose=False, record_extras=True)
     w = result.extras[-1]["teacher_weights"]
     for lo in (0, steps // 2, steps - 1):
