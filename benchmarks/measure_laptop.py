@@ -76,10 +76,10 @@ def measure_bench(rounds: int) -> list[tuple[str, str, str]]:
                                     environment(Path(tempfile.mkdtemp()), OMP_NUM_THREADS="2"))
         ratios = re.findall(r"([\d.]+) img/s\s+([\d.]+)x the reference", text)
         compile_s = re.search(r"compiled once in ([\d.]+) s", text)
-        where = re.search(r"of the fastest step.*", text)
+        where = " ".join(re.findall(r"of the (?:fastest exact|int8) step.*", text))
         value = " / ".join(f"{ratio}x" for _, ratio in ratios) if status == 0 else f"FAILED ({status})"
-        rows.append((f"bench round {index}: eager / compiled teachers vs reference", value,
-                     f"compile {compile_s.group(1) if compile_s else '?'} s; {where.group(0) if where else ''}; "
+        rows.append((f"bench round {index}: eager / compiled / int8 teachers vs reference", value,
+                     f"compile {compile_s.group(1) if compile_s else '?'} s; {where}; "
                      f"load {before} → {load()}"))
     return rows
 

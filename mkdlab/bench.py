@@ -8,9 +8,10 @@ CE + equal-weight KD) on the same architectures and batch size:
   gathered (``is_feat=True``), the student's features gathered too;
 * **mkdlab**: the real :class:`~mkdlab.engine.trainer.Trainer` running :class:`~mkdlab.methods.weighted_kd.AverKD`:
   data resident on the device and augmented there, teachers under ``inference_mode`` (batched into one vmapped call
-  where that is faster), channels_last, and bf16 autocast on CUDA; measured twice on the CPU, with eager teachers
-  and with frozen compiled ones (:mod:`mkdlab.methods.frozen`: BatchNorm folded, ReLUs fused, weights pre-packed for
-  oneDNN, compiled once per run, during the warm-up steps: the compile time is reported apart).
+  where that is faster), channels_last, and bf16 autocast on CUDA; measured three times on the CPU, with eager teachers
+  and with frozen compiled ones (:mod:`mkdlab.methods.frozen`: BatchNorm folded, weights pre-packed for oneDNN,
+  compiled once per run, during the warm-up steps: the compile time is reported apart), and with int8
+  teachers (:mod:`mkdlab.methods.quantized`: an approximation, opt-in, calibrated during the warm-up).
 
 Then the mkdlab step is split into its parts (data, teachers, student forward+backward, the rest) so the cost is
 visible. Models are randomly initialised: speed does not depend on the weights.
@@ -34,6 +35,7 @@ from mkdlab.engine.trainer import Trainer
 from mkdlab.losses import kd_loss
 from mkdlab.methods.base import TrainingHooks, TrainState
 from mkdlab.methods.ensemble import TeacherEnsemble
+from mkdlab.methods.quantized import CALIBRATION_BATCHES
 from mkdlab.methods.weighted_kd import AverKD
 from mkdlab.models import create
 
@@ -113,9 +115,11 @@ class _StepClock(TrainingHooks):
 
 def mkdlab_images_per_second(teacher: str, student: str, k: int, batch_size: int, steps: int, warmup: int,
                              device: torch.device, dataset: str, num_classes: int,
-                             compiled: bool = False) -> tuple[float, float]:
+                             compiler: str = "off") -> tuple[float, float]:
     """Images/second of the trainer running AVER-KD on the device-resident loader, and the seconds spent compiling
-    the teachers (``compiled``: frozen compiled teachers on the CPU; compiled during the warm-up)."""
+    the teachers (``compiler``: ``teachers.compile`` on the CPU, compiled during the warm-up; ``int8`` calibrates on
+    :data:`~mkdlab.methods.quantized.CALIBRATION_BATCHES` more warm-up steps)."""
+    warmup += CALIBRATION_BATCHES if compiler == "int8" else 0
     info = dataset_info(dataset)
     teachers, net = _models(teacher, student, k, num_classes, info.in_channels, device)
     train_loader, _ = make_loaders(dataset, batch_size, device=device, loader="device", drop_last=True)
@@ -123,7 +127,7 @@ def mkdlab_images_per_second(teacher: str, student: str, k: int, batch_size: int
     config = TrainConfig(epochs=10_000, max_steps=warmup + steps, device=str(device), nesterov=True,
                          log_every_steps=0)
     method = AverKD(net, teachers)
-    method.ensemble.use_compiled("auto" if compiled else "off")
+    method.ensemble.use_compiled(compiler)  # type: ignore[arg-type]
     Trainer(method, train_loader, None, config, callbacks=[clock]).fit()
     return batch_size * clock.timed / (clock.end - clock.start), method.ensemble.compile_seconds
 
@@ -143,20 +147,22 @@ def breakdown(teacher: str, student: str, k: int, batch_size: int, steps: int, w
     optimizer = torch.optim.SGD(net.parameters(), lr=0.05, momentum=0.9)
     results: dict[str, float] = {"data (device loader)": batch_size / _timed(lambda: next(batches), steps, warmup,
                                                                             device)}
-    for mode in ("loop", "vmap", "compiled"):
+    for mode in ("loop", "vmap", "compiled", "int8"):
         ensemble = TeacherEnsemble(teachers, batching="vmap" if mode == "vmap" else "loop")
         if mode == "vmap" and not ensemble.uses_vmap(device):
             continue
-        if mode == "compiled":
+        if mode in ("compiled", "int8"):
             if device.type != "cpu":
                 continue
-            ensemble.use_compiled("auto")
+            ensemble.use_compiled("auto" if mode == "compiled" else "int8")
 
         def teachers_forward(ensemble: TeacherEnsemble = ensemble) -> None:
             with autocast:
                 ensemble.logits(images)
 
-        results[f"{k} teachers forward ({mode})"] = batch_size / _timed(teachers_forward, steps, warmup, device)
+        calibration = CALIBRATION_BATCHES if mode == "int8" else 0
+        results[f"{k} teachers forward ({mode})"] = batch_size / _timed(teachers_forward, steps, warmup + calibration,
+                                                                        device)
 
     def student_step() -> None:
         with autocast:
@@ -185,22 +191,32 @@ def run_step_benchmark(teacher: str = "resnet56", student: str = "resnet20", num
     results = {"reference": reference, "mkdlab": ours, "ratio": ours / reference}
     step_rate = ours
     if target.type == "cpu":
-        compiled, seconds = mkdlab_images_per_second(*args, compiled=True)
-        print(f"  mkdlab trainer, frozen teachers compiled (BN folded, ReLU fused, oneDNN pre-packed): "
+        compiled, seconds = mkdlab_images_per_second(*args, compiler="auto")
+        print(f"  mkdlab trainer, frozen teachers compiled (BN folded, oneDNN pre-packed): "
               f"{compiled:8.1f} img/s   {compiled / reference:.2f}x the reference   (compiled once in {seconds:.1f} s, "
               f"outside the timed steps)")
-        results.update({"mkdlab_compiled": compiled, "ratio_compiled": compiled / reference, "compile_s": seconds})
+        quantized, int8_seconds = mkdlab_images_per_second(*args, compiler="int8")
+        print(f"  mkdlab trainer, int8 teachers (approximate, opt-in: teachers.compile=int8): "
+              f"{quantized:8.1f} img/s   {quantized / reference:.2f}x the reference   (calibrated on "
+              f"{CALIBRATION_BATCHES} warm-up batches, quantised in {int8_seconds:.1f} s)")
+        results.update({"mkdlab_compiled": compiled, "ratio_compiled": compiled / reference, "compile_s": seconds,
+                        "mkdlab_int8": quantized, "ratio_int8": quantized / reference})
         step_rate = compiled
     parts = breakdown(*args)
     print("  where the mkdlab step's time goes (each part alone):")
     for name, rate in parts.items():
         print(f"    {name:40s} {rate:10.1f} img/s   {1000 * batch_size / rate:8.2f} ms/batch")
-    print(where_the_time_goes(parts, step_rate, batch_size, num_teachers))
+    exact_parts = {name: rate for name, rate in parts.items() if "(int8)" not in name}
+    print(where_the_time_goes(exact_parts, step_rate, batch_size, num_teachers))
+    if "mkdlab_int8" in results:
+        print(where_the_time_goes(parts, results["mkdlab_int8"], batch_size, num_teachers, "int8 step"))
     return {**results, **parts}
 
 
-def where_the_time_goes(parts: dict[str, float], step_rate: float, batch_size: int, k: int) -> str:
-    """One line: the share of the fastest mkdlab step taken by the teachers, the student, the data and the rest."""
+def where_the_time_goes(parts: dict[str, float], step_rate: float, batch_size: int, k: int,
+                        step: str = "fastest exact step") -> str:
+    """One line: the share of a mkdlab step taken by the teachers (their fastest variant in ``parts``), the
+    student, the data and the rest."""
     step_ms = 1000 * batch_size / step_rate
     teacher_ms = min(1000 * batch_size / rate for name, rate in parts.items() if name.startswith(f"{k} teachers"))
     student_ms = 1000 * batch_size / parts["student forward+backward+SGD"]
@@ -208,5 +224,5 @@ def where_the_time_goes(parts: dict[str, float], step_rate: float, batch_size: i
     rest_ms = step_ms - teacher_ms - student_ms - data_ms
     shares = [("teachers' forward", teacher_ms), ("student forward+backward+SGD", student_ms), ("data", data_ms),
               ("the rest (KD loss and its backward, totals, hooks)", rest_ms)]
-    return f"  of the fastest step ({step_ms:.1f} ms): " + ", ".join(
+    return f"  of the {step} ({step_ms:.1f} ms): " + ", ".join(
         f"{what} {ms:.1f} ms ({100 * ms / step_ms:.0f} %)" for what, ms in shares)

@@ -4,7 +4,7 @@ Teachers of the same architecture can be evaluated together: their parameters an
 leading dimension (:func:`torch.func.stack_module_state`) and the architecture's forward is mapped over it with
 :func:`torch.func.vmap`, which turns K convolutions into one grouped convolution; inside it, the global average
 pool runs as a mean (:class:`GlobalPoolAsMean`), which vmap batches without its slow fallback. On the CPU, after
-:meth:`TeacherEnsemble.use_compiled`, each teacher runs as a frozen graph instead (BatchNorm folded, ReLUs fused,
+:meth:`TeacherEnsemble.use_compiled`, each teacher runs as a frozen graph instead (BatchNorm folded,
 weights pre-packed for oneDNN: :mod:`mkdlab.methods.frozen`). Teachers run under :func:`torch.inference_mode`;
 outputs are cloned out of it so that losses may save them for backward.
 """

@@ -8,7 +8,9 @@ Teachers never train, so their graphs can be specialised to constants. :func:`co
    (Ioffe & Szegedy 2015 give the transform; folding it is exact in real arithmetic, so only float32 rounding
    changes);
 2. ``torch.jit.optimize_for_inference`` rewrites the convolutions for oneDNN with their weights pre-packed in its
-   blocked layout and the following ReLU (and residual add) fused into them.
+   blocked layout, and keeps the activations in that layout between them. (The ReLUs and residual adds stay
+   separate in-place ops: resnet56's graph has 57 ``prim::mkldnn_convolution``, 55 ``aten::relu_`` and 27
+   ``aten::add_`` nodes.)
 
 ``compiler="inductor"`` is ``torch.compile`` with inductor's ``freezing`` (the same folding, then generated C++);
 ``"eager"`` is the module as it is. On 2 CPU threads, resnet56 at batch 64 (``python benchmarks/bench_frozen.py``)
@@ -16,6 +18,9 @@ the jit path is the faster and compiles in about a second, inductor takes minute
 A graph is specialised to the input's shape, dtype and memory format, so :class:`FrozenTeacher` keeps one per kind
 of batch it has seen. Anything the trace cannot handle, autocast, autograd or a non-CPU tensor goes to the eager
 module, whose outputs are the same up to float32 rounding (``tests/test_frozen.py`` checks every zoo family).
+
+``compiler="int8"`` is an approximate teacher, opt-in: its logits come from an int8 copy calibrated on the first
+batches (:mod:`mkdlab.methods.quantized`), its maps from the exact ``jit`` graph.
 """
 
 from __future__ import annotations
@@ -28,9 +33,11 @@ from typing import Any, Literal
 import torch
 from torch import Tensor, nn
 
-Compiler = Literal["auto", "jit", "inductor", "eager"]
+from mkdlab.methods.quantized import CALIBRATION_BATCHES, convert_int8, freeze_int8, prepare_int8
+
+Compiler = Literal["auto", "jit", "inductor", "int8", "eager"]
 #: the values of the ``teachers.compile`` config key: a compiler, or ``off`` for the eager modules.
-TEACHER_COMPILERS = ("auto", "jit", "inductor", "off")
+TEACHER_COMPILERS = ("auto", "jit", "inductor", "int8", "off")
 Outputs = Tensor | dict[str, Tensor]
 #: what ``compiler="auto"`` picks on the CPU (the faster in ``benchmarks/bench_frozen.py``).
 AUTO_COMPILER = "jit"
@@ -90,40 +97,76 @@ class FrozenTeacher:
     """One teacher's compiled graphs (logits and maps), built at first use for each kind of batch.
 
     Calls that a graph cannot serve (not on the CPU, under autocast, with autograd on, or after a failed compile)
-    run the eager ``model``. :attr:`compile_seconds` adds up the time spent compiling.
+    run the eager ``model``. With ``compiler="int8"`` the logits of the first ``calibration_batches`` calls come
+    from the float32 model with observers attached (the same outputs to float32 rounding), then from the int8 copy
+    they calibrated; maps always come from the exact ``jit`` graph. :attr:`compile_seconds` adds up the time spent
+    compiling (and quantising, not the calibration forwards).
     """
 
-    def __init__(self, model: nn.Module, compiler: Compiler = "auto") -> None:
+    def __init__(self, model: nn.Module, compiler: Compiler = "auto",
+                 calibration_batches: int = CALIBRATION_BATCHES) -> None:
         self.model = model
         self.compiler = compiler
+        self.calibration_batches = calibration_batches
         self.compile_seconds = 0.0
         self.failed: str | None = None
         self._graphs: dict[tuple[Any, ...], Callable[[Tensor], Outputs]] = {}
+        self._observed: nn.Module | None = None
+        self._calibrated = 0
+        self._quantized: nn.Module | None = None
 
     def usable(self, images: Tensor) -> bool:
         """Whether a compiled graph may serve ``images``."""
         return (self.failed is None and images.device.type == "cpu" and not torch.is_grad_enabled()
                 and not torch.is_autocast_enabled("cpu") and not self.model.training)
 
+    @property
+    def quantized(self) -> bool:
+        """Whether the int8 copy serves the logits now (calibration is over)."""
+        return self._quantized is not None
+
     def __call__(self, images: Tensor, features: bool = False) -> Outputs:
         """Logits (or every named map) of ``images``: the compiled graph where usable, else the eager model."""
         if not self.usable(images):
             return self.model.forward_features(images) if features else self.model(images)
+        if self.compiler == "int8" and not features and self._quantized is None:
+            return self._calibrate(images)
         key = (features, *_kind(images))
         graph = self._graphs.get(key)
         if graph is None:
-            graph = self._compile(images, features)
+            graph = self._built(lambda example: self._graph(example, features), images)
             if graph is None:
                 return self(images, features)
             self._graphs[key] = graph
         return graph(images)
 
-    def _compile(self, images: Tensor, features: bool) -> Callable[[Tensor], Outputs] | None:
+    def _graph(self, example: Tensor, features: bool) -> Callable[[Tensor], Outputs]:
+        if self._quantized is not None and not features:
+            return freeze_int8(self._quantized, example)
+        compiler = "jit" if self.compiler == "int8" else self.compiler
+        return compile_frozen(self.model, example, compiler, features)
+
+    def _calibrate(self, images: Tensor) -> Outputs:
+        """The float32 logits of ``images`` through the observed copy; after the last calibration batch, convert."""
+        if self._observed is None:
+            self._observed = self._built(lambda example: prepare_int8(self.model, example), images)
+            if self._observed is None:
+                return self(images)
+        with torch.inference_mode(False), torch.no_grad():
+            logits = self._observed(images.clone())  # observers' statistics must not become inference tensors
+        self._calibrated += 1
+        if self._calibrated >= self.calibration_batches:
+            observed, self._observed = self._observed, None
+            self._quantized = self._built(lambda _: convert_int8(observed), images)
+        return logits
+
+    def _built(self, build: Callable[[Tensor], Any], images: Tensor) -> Any:
+        """``build(example)`` timed into :attr:`compile_seconds`; on any failure, warn once and stay eager."""
         started = time.perf_counter()
         try:
-            # traced outside inference mode: a graph's constants must not be inference tensors
+            # built outside inference mode: a graph's constants must not be inference tensors
             with torch.inference_mode(False):
-                graph = compile_frozen(self.model, images.clone(), self.compiler, features)
+                return build(images.clone())
         except Exception as err:  # noqa: BLE001 - any failure of the tracer or compiler means: stay eager
             self.failed = f"{type(err).__name__}: {err}"
             warnings.warn(f"compiling the frozen {type(self.model).__name__} failed ({self.failed}); its eager "
@@ -131,9 +174,10 @@ class FrozenTeacher:
             return None
         finally:
             self.compile_seconds += time.perf_counter() - started
-        return graph
 
     def clear(self) -> None:
-        """Forget the compiled graphs (they copied the weights): the next call compiles again."""
+        """Forget the compiled graphs and the int8 copy (they copied the weights): the next call compiles (and
+        calibrates) again."""
         self._graphs.clear()
+        self._observed, self._calibrated, self._quantized = None, 0, None
         self.failed = None
