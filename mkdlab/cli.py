@@ -204,6 +204,8 @@ def _parser() -> argparse.ArgumentParser:
     export.add_argument("--format", required=True, metavar="FORMAT", help="onnx | torchscript")
     export.add_argument("--out", default=None, metavar="FILE",
                         help="the file to write (default RUN/student.onnx or RUN/student.torchscript.pt)")
+    export.add_argument("--allow-unfinished", action="store_true",
+                        help="export the best student of a run that stopped before its end (else refused)")
     export.set_defaults(func=_cmd_export)
 
     visdom = sub.add_parser("visdom", help="the visdom dashboard, offline (fetch its web assets once: --fetch-assets)",
@@ -352,11 +354,12 @@ def _executor(args: argparse.Namespace) -> Any:
 def _cmd_export(args: argparse.Namespace) -> int:
     from mkdlab.export import export_run
 
-    done = export_run(Path(args.run), args.format, args.out)
+    done = export_run(Path(args.run), args.format, args.out, allow_unfinished=args.allow_unfinished)
     meta = done.metadata
+    unfinished = "" if meta["finished"] else f"; UNFINISHED: stopped after epoch {meta['epochs_trained']}"
     print(f"wrote {done.path} ({done.path.stat().st_size / 1e3:.0f} kB; {meta['student']} trained by "
-          f"{meta['method']}, best top-1 {meta['best_top1']}%, {meta['folded_batchnorms']} BatchNorms folded) "
-          f"and its metadata {done.sidecar}")
+          f"{meta['method']}, best top-1 {meta['best_top1']}%, {meta['folded_batchnorms']} BatchNorms folded"
+          f"{unfinished}) and its metadata {done.sidecar}")
     return 0
 
 

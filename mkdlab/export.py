@@ -1,14 +1,15 @@
 r"""The distilled student as a deployable file: ONNX or TorchScript, BatchNorm folded, preprocessing in metadata.
 
 ``python -m mkdlab export --run DIR --format onnx|torchscript [--out FILE]`` takes the best student of a finished
-run (``DIR/best_student.pt``: the student alone, no adapters, no teachers), folds every BatchNorm that directly
-follows a convolution into it and writes
+run (``DIR/best_student.pt``: the student alone, no adapters, no teachers; a run stopped before its last epoch or
+step budget is refused unless ``--allow-unfinished``, and the metadata says whether it finished), folds every
+BatchNorm that directly follows a convolution into it and writes
 
 * ``FILE`` (default ``DIR/student.onnx`` or ``DIR/student.torchscript.pt``): input ``images``, N×C×H×W float32
   *normalised* images, output ``logits`` N×classes, the batch dimension dynamic;
 * the same metadata inside the file (ONNX ``metadata_props``, key ``mkdlab``; a TorchScript extra file
   ``mkdlab.json``) and beside it in ``FILE.json``: normalisation mean/std, input size and channels, class names,
-  dataset, method, student architecture, best top-1 and its epoch.
+  dataset, method, student architecture, best top-1 and its epoch, the epochs trained and whether the run finished.
 
 **BN folding.** For a convolution :math:`y = W * x + b` read only by a BatchNorm in eval mode,
 :math:`\mathrm{BN}(y) = \gamma\,(y-\mu)/\sqrt{\sigma^2+\epsilon} + \beta`, the pair is one convolution with
@@ -33,7 +34,9 @@ import torch
 from torch import nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 
+from mkdlab.config import ExperimentConfig
 from mkdlab.data import dataset_info
+from mkdlab.engine.loggers import completes_the_run, read_history
 from mkdlab.engine.trainer import BEST_STUDENT
 from mkdlab.evaluation import load_run_student
 from mkdlab.typed import ConfigError
@@ -109,6 +112,7 @@ def run_metadata(run_dir: Path) -> dict[str, Any]:
     _, config = load_run_student(run_dir)
     info = dataset_info(config.data.dataset)
     best = _best_record(run_dir)
+    finished = completes_the_run(dict(best) or None, config.train)
     return {
         "format": "mkdlab-student",
         "mkdlab_version": _version(),
@@ -126,6 +130,8 @@ def run_metadata(run_dir: Path) -> dict[str, Any]:
         "class_names": class_names(info.name),
         "best_top1": best.get("best_top1"),
         "best_epoch": best.get("best_epoch"),
+        "epochs_trained": best.get("epoch"),
+        "finished": finished,
     }
 
 
@@ -137,16 +143,19 @@ def _version() -> str:
 
 
 def _best_record(run_dir: Path) -> Mapping[str, Any]:
-    history = run_dir / "history.jsonl"
-    lines = history.read_text().splitlines() if history.exists() else []
-    return json.loads(lines[-1]) if lines else {}
+    """The run's last history row (it carries the best top-1 so far and its epoch), or ``{}``."""
+    history = read_history(run_dir)
+    return history[-1] if history else {}
 
 
-def deployable_student(run_dir: str | Path) -> tuple[nn.Module, dict[str, Any]]:
-    """The best student of ``run_dir`` with BN folded (eval mode, CPU, float32) and its metadata."""
+def deployable_student(run_dir: str | Path, allow_unfinished: bool = False) -> tuple[nn.Module, dict[str, Any]]:
+    """The best student of ``run_dir`` with BN folded (eval mode, CPU, float32) and its metadata; a run that
+    stopped before its end is an :class:`ExportError` unless ``allow_unfinished``."""
     run_dir = _checked_run(Path(run_dir))
-    student, _ = load_run_student(run_dir)
+    student, config = load_run_student(run_dir)
     metadata = run_metadata(run_dir)
+    if not metadata["finished"] and not allow_unfinished:
+        raise ExportError(_unfinished_message(run_dir, config, metadata))
     example = torch.zeros(2, *metadata["input_size"])
     folded, pairs = fold_batchnorms(student.float().eval(), example)
     metadata["folded_batchnorms"] = len(pairs)
@@ -164,12 +173,22 @@ def _checked_run(run_dir: Path) -> Path:
     return run_dir
 
 
-def export_run(run_dir: str | Path, fmt: str, out: str | Path | None = None) -> Exported:
-    """Write the best student of ``run_dir`` as ``fmt`` (``onnx`` | ``torchscript``) to ``out`` plus ``out.json``."""
+def _unfinished_message(run_dir: Path, config: ExperimentConfig, metadata: Mapping[str, Any]) -> str:
+    budget = f" (or {config.train.max_steps} steps)" if config.train.max_steps is not None else ""
+    done = metadata["epochs_trained"] or 0
+    return (f"{run_dir} stopped after epoch {done} of {config.train.epochs}{budget}: its best student so far "
+            f"(epoch {metadata['best_epoch']}) is not the run's result. Resume it with `python -m mkdlab train "
+            f"{run_dir / 'config.yaml'} --resume`, or pass --allow-unfinished to export that student anyway")
+
+
+def export_run(run_dir: str | Path, fmt: str, out: str | Path | None = None,
+               allow_unfinished: bool = False) -> Exported:
+    """Write the best student of ``run_dir`` as ``fmt`` (``onnx`` | ``torchscript``) to ``out`` plus ``out.json``
+    (``allow_unfinished``: also for a run that stopped before its end)."""
     if fmt not in FORMATS:
         raise ExportError(f"unknown export format {fmt!r}: choose one of {', '.join(FORMATS)}")
     run_dir = Path(run_dir)
-    model, metadata = deployable_student(run_dir)
+    model, metadata = deployable_student(run_dir, allow_unfinished)
     path = Path(out) if out is not None else run_dir / DEFAULT_NAMES[fmt]
     if path.is_dir():
         raise ExportError(f"--out {path} is a folder: give a file name, e.g. {path / DEFAULT_NAMES[fmt]}")

@@ -17,6 +17,7 @@ from typing import Any
 
 from mkdlab.config import ExperimentConfig
 from mkdlab.engine.checkpoint import load_run_checkpoint
+from mkdlab.engine.loggers import completes_the_run
 from mkdlab.engine.trainer import LAST, FitResult
 from mkdlab.experiment import run_experiment, teachers_for
 from mkdlab.methods.base import Distiller
@@ -49,9 +50,7 @@ def is_finished(checkpoint: dict[str, Any], config: ExperimentConfig) -> bool:
     history = checkpoint.get("history") or []
     if not history or checkpoint.get("step_in_epoch"):
         return False
-    last = history[-1]
-    budget = config.train.max_steps
-    return last["epoch"] >= config.train.epochs or (budget is not None and last["step"] >= budget)
+    return completes_the_run(history[-1], config.train)
 
 
 #: written into a run's ``extras/`` folder once a run that recorded its extras has finished.

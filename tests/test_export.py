@@ -72,6 +72,7 @@ def test_the_metadata_is_in_the_file_and_in_the_sidecar(run_dir, tmp_path):
     assert meta["input_size"] == [1, 32, 32] and meta["class_names"][9] == "Ankle boot"
     assert (meta["dataset"], meta["method"], meta["student"]) == ("fashion_mnist_mini", "ce", "resnet8")
     assert meta["best_top1"] == last["best_top1"]
+    assert meta["finished"] is True and meta["epochs_trained"] == last["epoch"]
     ts_meta = read_metadata(_export(run_dir, "torchscript"))  # the default name, inside the run
     assert ts_meta == {**meta, "export_format": "torchscript"}
 
@@ -118,3 +119,22 @@ def test_a_run_without_a_finished_student_and_an_unknown_format_are_one_line_err
     assert "not a run directory" in capsys.readouterr().err
     assert main(["export", "--run", str(run_dir), "--format", "tflite"]) == 2
     assert "unknown export format 'tflite': choose one of onnx, torchscript" in capsys.readouterr().err
+
+
+def test_a_run_stopped_before_its_end_is_refused_unless_allowed(run_dir, tmp_path, capsys):
+    import yaml
+
+    stopped = tmp_path / "stopped"
+    shutil.copytree(run_dir, stopped, ignore=shutil.ignore_patterns("student.*"))
+    config = yaml.safe_load((stopped / "config.yaml").read_text())
+    config["train"].update(epochs=5, max_steps=None)  # the run's 3 steps are now the start of 5 epochs
+    (stopped / "config.yaml").write_text(yaml.safe_dump(config))
+    before = sorted(stopped.iterdir())
+    assert main(["export", "--run", str(stopped), "--format", "onnx"]) == 2
+    err = capsys.readouterr().err
+    assert "stopped after epoch 1 of 5" in err and "--resume" in err and "--allow-unfinished" in err
+    assert sorted(stopped.iterdir()) == before  # nothing written
+    assert main(["export", "--run", str(stopped), "--format", "onnx", "--allow-unfinished"]) == 0
+    assert "UNFINISHED: stopped after epoch 1" in capsys.readouterr().out
+    meta = read_metadata(stopped / "student.onnx")
+    assert meta["finished"] is False and meta["epochs_trained"] == 1

@@ -29,6 +29,7 @@ from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import IO, Any, TypeVar
 
+from mkdlab.config import TrainConfig
 from mkdlab.engine.logger_base import Logger
 from mkdlab.engine.visdom_logger import VisdomLogger, VisdomUnavailableWarning
 from mkdlab.methods.base import TrainState
@@ -94,6 +95,14 @@ def _read_jsonl(path: Path) -> tuple[list[dict[str, Any]], bool]:
 def read_history(run_dir: str | Path) -> list[dict[str, Any]]:
     """The per-epoch records of a run directory (its ``history.jsonl``; a damaged last line is skipped)."""
     return _read_jsonl(Path(run_dir) / HISTORY_JSONL)[0]
+
+
+def completes_the_run(record: dict[str, Any] | None, config: TrainConfig) -> bool:
+    """Whether ``record``, a run's last ``history.jsonl`` row, ends it: the last epoch, or the step budget, done."""
+    if not record:
+        return False
+    budget = config.max_steps
+    return record["epoch"] >= config.epochs or (budget is not None and record["step"] >= budget)
 
 
 def _csv_cell(value: Any) -> Any:
