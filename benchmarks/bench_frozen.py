@@ -12,9 +12,9 @@ is timed apart from the steady-state calls. ``--compilers`` picks the variants (
 
 ``--fidelity`` calibrates each shipped resnet20 teacher on the first
 :data:`~mkdlab.methods.quantized.CALIBRATION_BATCHES` augmented training batches of the Fashion-MNIST subset, as a
-run with ``teachers.compile: int8`` does, and prints, over the subset's test set, how often the int8 copy's top-1
-agrees with the float32 teacher's, both accuracies, and the KL divergence between their softened outputs at the KD
-temperature T = 4 (per image).
+run with ``teachers.compile: int8`` does (three times: the first batches of epochs 0, 1 and 2), and prints, over
+the subset's test set, how often the int8 copy's top-1 agrees with the float32 teacher's, both accuracies, and the
+KL divergence between their softened outputs at the KD temperature T = 4 (per image).
 """
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ from torch import nn
 
 from mkdlab.data import make_loaders
 from mkdlab.methods.frozen import FrozenTeacher, TeacherOutputs, compile_frozen
-from mkdlab.methods.quantized import CALIBRATION_BATCHES, convert_int8, freeze_int8, prepare_int8
+from mkdlab.methods.quantized import CALIBRATION_BATCHES
 from mkdlab.models import create
 from mkdlab.teachers import TeacherPool
 
@@ -69,42 +69,47 @@ def interleaved_ms(calls: dict[str, Callable[[], object]], steps: int, rounds: i
     return {name: statistics.median(values) for name, values in times.items()}
 
 
-def int8_variant(model: nn.Module, images: torch.Tensor) -> torch.jit.ScriptModule:
-    """``model``'s logits in int8, calibrated on random batches shaped like ``images``."""
-    observed = prepare_int8(model, images)
-    with torch.no_grad():
+def int8_variant(model: nn.Module, images: torch.Tensor) -> FrozenTeacher:
+    """``model``'s logits in int8 as a run gets them (:class:`FrozenTeacher`), calibrated on random batches shaped
+    like ``images``; its int8 graph is built at the next call."""
+    frozen = FrozenTeacher(model, "int8")
+    with torch.inference_mode():
         for _ in range(CALIBRATION_BATCHES):
-            observed(torch.randn_like(images))
-    return freeze_int8(convert_int8(observed), images)
+            frozen(torch.randn_like(images))
+    assert frozen.quantized, frozen.failed
+    return frozen
 
 
-def fidelity(temperature: float = 4.0) -> None:
-    """Print, for each shipped teacher, the int8 copy's agreement with the float32 teacher on the test set."""
-    home = tempfile.TemporaryDirectory()  # an empty pool home: only the shipped teachers
-    pool = TeacherPool(home.name)
+def fidelity(draws: int = 3, temperature: float = 4.0) -> None:
+    """Print, for each shipped teacher and each of ``draws`` calibrations (on the first batches of training epochs
+    0, 1, …), the int8 copy's agreement with the float32 teacher on the test set."""
+    with tempfile.TemporaryDirectory() as home:  # an empty pool home: only the shipped teachers
+        pool = TeacherPool(home)
+        teachers = [(entry.name, pool.load(entry.name).eval().requires_grad_(False)) for entry in pool.list()]
     train, test = make_loaders("fashion_mnist_mini", 64, device="cpu", loader="device", drop_last=True)
-    print(f"int8 vs float32 teachers, calibrated on {CALIBRATION_BATCHES} augmented training batches of 64, "
-          f"KL at T = {temperature:g}, engine {torch.backends.quantized.engine}")
-    for entry in pool.list():
-        model = pool.load(entry.name).eval().requires_grad_(False)
-        frozen = FrozenTeacher(model, "int8")
-        with torch.inference_mode():
-            for images, _ in itertools.islice(train, CALIBRATION_BATCHES):
-                frozen(images)
-            assert frozen.quantized
-            agree = correct_fp32 = correct_int8 = seen = 0
-            kl = 0.0
-            for images, labels in test:
-                exact, approx = model(images), frozen(images)
-                agree += int((exact.argmax(1) == approx.argmax(1)).sum())
-                correct_fp32 += int((exact.argmax(1) == labels).sum())
-                correct_int8 += int((approx.argmax(1) == labels).sum())
-                kl += F.kl_div(F.log_softmax(approx / temperature, 1), F.softmax(exact / temperature, 1),
-                               reduction="sum").item()
-                seen += len(labels)
-        print(f"  {entry.name}: top-1 agreement {100 * agree / seen:.2f} %, accuracy float32 "
-              f"{100 * correct_fp32 / seen:.2f} % / int8 {100 * correct_int8 / seen:.2f} %, "
-              f"KL {kl / seen:.5f} per image ({seen} test images)")
+    print(f"int8 vs float32 teachers, calibrated on the first {CALIBRATION_BATCHES} augmented training batches of "
+          f"64 of an epoch, KL at T = {temperature:g}, engine {torch.backends.quantized.engine}")
+    for name, model in teachers:
+        for epoch in range(draws):
+            frozen = FrozenTeacher(model, "int8")
+            train.set_epoch(epoch)
+            with torch.inference_mode():
+                for images, _ in itertools.islice(train, CALIBRATION_BATCHES):
+                    frozen(images)
+                assert frozen.quantized, frozen.failed
+                agree = correct_fp32 = correct_int8 = seen = 0
+                kl = 0.0
+                for images, labels in test:
+                    exact, approx = model(images), frozen(images)
+                    agree += int((exact.argmax(1) == approx.argmax(1)).sum())
+                    correct_fp32 += int((exact.argmax(1) == labels).sum())
+                    correct_int8 += int((approx.argmax(1) == labels).sum())
+                    kl += F.kl_div(F.log_softmax(approx / temperature, 1), F.softmax(exact / temperature, 1),
+                                   reduction="sum").item()
+                    seen += len(labels)
+            print(f"  {name}, calibrated on epoch {epoch}: top-1 agreement {100 * agree / seen:.2f} %, accuracy "
+                  f"float32 {100 * correct_fp32 / seen:.2f} % / int8 {100 * correct_int8 / seen:.2f} %, "
+                  f"KL {kl / seen:.5f} per image ({seen} test images)")
 
 
 def multiply_adds(model: nn.Module, images: torch.Tensor) -> int:

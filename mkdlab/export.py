@@ -107,12 +107,12 @@ def _replace(model: nn.Module, name: str, module: nn.Module) -> None:
     setattr(model.get_submodule(parent) if parent else model, child, module)
 
 
-def run_metadata(run_dir: Path) -> dict[str, Any]:
-    """Preprocessing and provenance of a run's best student (the metadata of an exported file)."""
-    _, config = load_run_student(run_dir)
+def run_metadata(run_dir: Path, config: ExperimentConfig) -> dict[str, Any]:
+    """Preprocessing and provenance of the best student of ``run_dir``, trained by ``config`` (the metadata of an
+    exported file)."""
     info = dataset_info(config.data.dataset)
     best = _best_record(run_dir)
-    finished = completes_the_run(dict(best) or None, config.train)
+    finished = completes_the_run(best, config.train)
     return {
         "format": "mkdlab-student",
         "mkdlab_version": _version(),
@@ -153,7 +153,7 @@ def deployable_student(run_dir: str | Path, allow_unfinished: bool = False) -> t
     stopped before its end is an :class:`ExportError` unless ``allow_unfinished``."""
     run_dir = _checked_run(Path(run_dir))
     student, config = load_run_student(run_dir)
-    metadata = run_metadata(run_dir)
+    metadata = run_metadata(run_dir, config)
     if not metadata["finished"] and not allow_unfinished:
         raise ExportError(_unfinished_message(run_dir, config, metadata))
     example = torch.zeros(2, *metadata["input_size"])

@@ -97,7 +97,7 @@ def read_history(run_dir: str | Path) -> list[dict[str, Any]]:
     return _read_jsonl(Path(run_dir) / HISTORY_JSONL)[0]
 
 
-def completes_the_run(record: dict[str, Any] | None, config: TrainConfig) -> bool:
+def completes_the_run(record: Mapping[str, Any] | None, config: TrainConfig) -> bool:
     """Whether ``record``, a run's last ``history.jsonl`` row, ends it: the last epoch, or the step budget, done."""
     if not record:
         return False

@@ -10,15 +10,16 @@ activation tensor, chosen from the values the observers saw during calibration (
 the CPU's quantised engine, ``torch.backends.quantized.engine``: a histogram observer for activations, per-channel
 min/max for weights). The convolutions then run as 8-bit × 8-bit → int32 products (fbgemm/oneDNN), which on an AVX2
 CPU do about twice the multiply-adds per instruction of float32 FMAs: resnet56's logits at batch 64 on 2 threads
-took 73.8 ms against the frozen float32 graph's 112.7 ms (``python benchmarks/bench_frozen.py --compilers jit
-int8``).
+took 74.5 ms against the frozen float32 graph's 110.4 ms (``python benchmarks/bench_frozen.py --compilers eager
+jit int8``, median of 5 interleaved rounds).
 
-On this project's three shipped resnet20 teachers (Fashion-MNIST subset, 2,000 test images) the int8 copies agree
-with the float32 teachers' top-1 on 98.0, 98.5 and 98.5 % of the images, their accuracies are 88.85 / 87.70 /
-88.55 % against 88.60 / 87.70 / 88.20 %, and the KL divergence between the two at the KD temperature T = 4 is
-0.0013, 0.0006 and 0.0010 per image (``python benchmarks/bench_frozen.py --fidelity``). So ``teachers.compile:
-int8`` is opt-in (docs/methods.md §2): it changes the targets a student distils, slightly; the exact compiled path
-is ``jit`` (:mod:`mkdlab.methods.frozen`).
+On this project's three shipped resnet20 teachers (Fashion-MNIST subset, 2,000 test images), each calibrated three
+times (on the first batches of epochs 0, 1, 2), the int8 copies agree with the float32 teachers' top-1 on
+97.05–98.75 % of the images, their accuracies differ from the float32 ones by −0.40 to +0.40 points, and the KL
+divergence between the two at the KD temperature T = 4 is 0.0005–0.0073 per image (``python
+benchmarks/bench_frozen.py --fidelity``; the worst of the nine is seed 2 calibrated on epoch 0). So
+``teachers.compile: int8`` is opt-in (docs/methods.md §2): it changes the targets a student distils, slightly; the
+exact compiled path is ``jit`` (:mod:`mkdlab.methods.frozen`).
 
 Calibration costs nothing in fidelity: :func:`prepare_int8` returns the float32 model with observers attached (and,
 as the model is in eval mode, each BatchNorm folded into its convolution, as the ``jit`` graph does), which computes
